@@ -1,0 +1,311 @@
+"""The run schema: one pydantic model per section, YAML files plus `--set a.b=c` overrides.
+
+Every mistake is reported as one line that names the key (``train.lr``), what is wrong, and
+the closest valid key when the key is unknown.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rewardlab.errors import ConfigError, RegistryError
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraConfig(Section):
+    r: int = Field(8, gt=0)
+    alpha: float = 16.0
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | str = "all-linear"
+
+
+class ModelConfig(Section):
+    """``name``: ``builtin:tiny``, ``smollm2-135m``, a local HF folder, or a hub id."""
+
+    name: str = "builtin:tiny"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    lora: LoraConfig | None = None
+
+
+class DataConfig(Section):
+    """Either a built-in ``task`` or a dataset ``path`` (JSONL, JSON, Parquet, HF folder)."""
+
+    task: str | None = "arithmetic"
+    task_args: dict[str, Any] = Field(default_factory=dict)
+    path: str | None = None
+    eval_path: str | None = None
+    split: str = "train"
+    skip_bad_rows: bool = False
+    heldout_size: int = Field(200, gt=0)
+    num_examples: int | None = Field(None, gt=0, description="SFT: size of the fixed demo set")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.path is not None:
+            self.task = None
+        if self.task is None and self.path is None:
+            raise ValueError("set either data.task (a built-in task) or data.path (a dataset file)")
+        return self
+
+
+class RewardSpec(Section):
+    """A reward source: a built-in name, ``task`` (the task's verifier), or ``module:function``."""
+
+    name: str
+    weight: float = 1.0
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class RolloutConfig(Section):
+    num_generations: int = Field(8, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(8, ge=1)
+
+
+class AxisChoice(Section):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class KLChoice(Section):
+    name: str = "k3"
+    coef: float = Field(0.0, ge=0.0)
+
+
+class AlgorithmConfig(Section):
+    """A recipe name plus optional per-axis overrides; unset axes come from the recipe."""
+
+    recipe: str = "grpo"
+    advantage: AxisChoice | None = None
+    policy_loss: AxisChoice | None = None
+    kl: KLChoice | None = None
+    aggregation: AxisChoice | None = None
+
+    @model_validator(mode="after")
+    def _resolve(self) -> AlgorithmConfig:
+        from rewardlab.algorithms import AXES, RECIPES
+        from rewardlab.errors import did_you_mean
+
+        if self.recipe not in RECIPES:
+            raise ValueError(
+                f"unknown recipe '{self.recipe}'{did_you_mean(self.recipe, RECIPES)}; "
+                f"choose one of: {', '.join(sorted(RECIPES))}"
+            )
+        preset = RECIPES[self.recipe]
+        if self.advantage is None:
+            self.advantage = AxisChoice(**preset["advantage"])
+        if self.policy_loss is None:
+            self.policy_loss = AxisChoice(**preset["policy_loss"])
+        if self.kl is None:
+            self.kl = KLChoice(**preset["kl"])
+        if self.aggregation is None:
+            self.aggregation = AxisChoice(**preset["aggregation"])
+        try:
+            for axis in ("advantage", "policy_loss", "aggregation"):
+                choice: AxisChoice = getattr(self, axis)
+                AXES[axis].check_params(choice.name, choice.params, f"algorithm.{axis}.params")
+            AXES["kl"].get(self.kl.name)
+        except RegistryError as e:
+            # pydantic only wraps ValueError; re-raise so the message carries the key path.
+            raise ValueError(str(e)) from None
+        return self
+
+
+class OptimConfig(Section):
+    lr: float = Field(5e-4, gt=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.99)
+
+
+class TrainConfig(Section):
+    steps: int = Field(100, ge=0)
+    prompts_per_step: int = Field(32, ge=1)
+    ppo_epochs: int = Field(1, ge=1)
+    mini_batch_size: int | None = Field(None, ge=1, description="sequences per optimizer step")
+    micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward")
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+
+
+class EvalConfig(Section):
+    every: int = Field(20, ge=0, description="0 = only before and after training")
+    pass_k: int = Field(4, ge=1)
+    num_samples: int | None = Field(None, ge=1, description="samples per prompt; default pass_k")
+    temperature: float = Field(1.0, gt=0.0)
+    batch_size: int = Field(256, ge=1)
+    correct_threshold: float = 1.0
+
+
+class CheckpointConfig(Section):
+    every: int = Field(50, ge=0, description="0 = only at the end")
+    keep: int = Field(2, ge=1)
+
+
+class LoggingConfig(Section):
+    sinks: list[str] = Field(default_factory=lambda: ["jsonl"])
+    samples: int = Field(8, ge=0, description="completions saved at each evaluation")
+    project: str = "rewardlab"
+
+
+class RunConfig(Section):
+    """An online RL run (``rewardlab train``)."""
+
+    seed: int = 0
+    run_dir: str | None = None
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="task")])
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+
+class SFTTrainConfig(Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    max_seconds: float | None = Field(None, gt=0, description="stop early after this long")
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=3e-3))
+
+
+class SFTConfig(Section):
+    """A supervised fine-tuning run (``rewardlab sft``)."""
+
+    seed: int = 0
+    run_dir: str | None = None
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=lambda: DataConfig(num_examples=256))
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    train: SFTTrainConfig = Field(default_factory=SFTTrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with a clear message for a missing file or bad YAML."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a config must be a mapping of sections (model:, data:, ...)")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set '{assignment}': expected KEY=VALUE, for example train.lr=1e-4")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = node[_list_index(node, part, parts[: i + 1])]
+            continue
+        if not isinstance(node.get(part, {}), (dict, list)):
+            raise ConfigError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is not a section")
+        node = node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, parts)] = value
+    else:
+        node[last] = value
+
+
+def _list_index(node: list[Any], part: str, path: list[str]) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"--set: '{'.'.join(path)}' needs a list index below {len(node)}")
+    return int(part)
+
+
+def parse_config(
+    schema: type[Section], data: dict[str, Any], source: str = "config"
+) -> Any:
+    """Validate ``data`` against ``schema``; the first problem becomes one ConfigError."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(schema, e, source)) from None
+
+
+def load_config(
+    schema: type[Section], path: str | Path | None, overrides: list[str] | None = None
+) -> Any:
+    """Load ``path`` (or defaults when None), apply ``--set`` overrides, and validate."""
+    data = load_yaml(path) if path is not None else {}
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return parse_config(schema, data, str(path) if path is not None else "config")
+
+
+def dump_config(config: Section, path: Path) -> None:
+    """Write the fully resolved config as YAML."""
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _describe(schema: type[BaseModel], error: ValidationError, source: str) -> str:
+    problems = []
+    for item in error.errors():
+        loc = [str(p) for p in item["loc"]]
+        key = ".".join(loc) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            valid = _valid_keys(schema, item["loc"][:-1])
+            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.4)
+            hint = f" (did you mean '{'.'.join(loc[:-1] + close)}'?)" if close else ""
+            problems.append(f"unknown key '{key}'{hint}; valid keys here: {', '.join(valid)}")
+        elif item["type"] == "missing":
+            problems.append(f"'{key}' is required")
+        else:
+            msg = item["msg"].removeprefix("Value error, ")
+            got = item.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            problems.append(f"'{key}': {msg}{shown}")
+    return f"{source}: " + "; ".join(problems[:3])
+
+
+def _valid_keys(schema: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the section at ``loc`` (walking nested models and lists)."""
+    model: Any = schema
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = _model_of(field.annotation)
+    return list(getattr(model, "model_fields", {}))
+
+
+def _model_of(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None

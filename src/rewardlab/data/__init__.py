@@ -1,0 +1,1 @@
+"""Loading and rendering training data (prompt and SFT datasets)."""

@@ -1,0 +1,1 @@
+"""Model loading: the built-in tiny model, local HF folders, hub ids, SmolLM2 and LoRA."""

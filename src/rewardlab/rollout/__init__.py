@@ -1,0 +1,1 @@
+"""Rollout engines: prompts -> n completions each."""
