@@ -7,6 +7,7 @@ the closest valid key when the key is unknown.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -189,6 +190,10 @@ class SFTConfig(Section):
     run_dir: str | None = None
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=lambda: DataConfig(num_examples=256))
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(name="task")],
+        description="used only to evaluate on held-out prompts",
+    )
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     train: SFTTrainConfig = Field(default_factory=SFTTrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -198,13 +203,32 @@ class SFTConfig(Section):
 # --- loading ---------------------------------------------------------------------------------
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` as a float (YAML 1.1 needs a dot: ``1.0e-4``).
+
+    Without this, ``lr: 1e-4`` only works because pydantic coerces the string, and a value in a
+    free-form mapping (``algorithm.*.params``, ``task_args``, reward ``args``) stays a string.
+    """
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # safe: a SafeLoader subclass
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with a clear message for a missing file or bad YAML."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = _parse_yaml(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -215,10 +239,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML."""
     if "=" not in assignment:
-        raise ConfigError(f"--set '{assignment}': expected KEY=VALUE, for example train.lr=1e-4")
+        raise ConfigError(
+            f"--set '{assignment}': expected KEY=VALUE, for example train.optim.lr=1e-4"
+        )
     key, raw = assignment.split("=", 1)
     parts = key.strip().split(".")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = _parse_yaml(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).strip().split("\n")[0]
+        raise ConfigError(f"--set {key}: the value {raw!r} is not valid YAML ({problem})") from None
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
@@ -226,6 +256,15 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
             continue
         if not isinstance(node.get(part, {}), (dict, list)):
             raise ConfigError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is not a section")
+        if parts[i + 1].isdigit() and part not in node:
+            # Defaults are not in `data`: indexing a list the file does not set would create
+            # {'0': ...} here and fail later with a bare "Input should be a valid list".
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(
+                f"--set {key}: '{where}' is not set in the config file, so it has no item "
+                f"{parts[i + 1]} to change; set the whole list instead (for example "
+                f"--set '{where}=[...]') or write it in the YAML file"
+            )
         node = node.setdefault(part, {})
     last = parts[-1]
     if isinstance(node, list):

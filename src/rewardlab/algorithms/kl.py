@@ -28,4 +28,6 @@ def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """k3 = (r - 1) - log r: unbiased, always >= 0, low variance; GRPO's KL term (DeepSeekMath
     arXiv 2402.03300, eq. 4)."""
     log_ratio = ref_logp - logp
-    return torch.exp(log_ratio) - log_ratio - 1.0
+    # expm1(x) - x == exp(x) - x - 1, without the cancellation that makes the naive form
+    # negative and wrong by orders of magnitude in float32 for |x| < 1e-2 (where KL ~ x^2 / 2).
+    return torch.expm1(log_ratio) - log_ratio

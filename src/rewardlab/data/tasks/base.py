@@ -6,6 +6,13 @@ import hashlib
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from rewardlab.errors import DataError
+
+if TYPE_CHECKING:
+    # Type-only: importing rewardlab.rewards at runtime would import this module back.
+    from rewardlab.rewards.builtin import RewardFn
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,29 @@ class Task(ABC):
     @abstractmethod
     def sample(self, rng: random.Random) -> Problem:
         """Draw one problem."""
+
+    def reward_fn(self) -> RewardFn:
+        """The task's verifier, used by the ``task`` reward: 1.0 when the stripped completion
+        equals the row's ``answer`` column, else 0.0.
+
+        Override in a task whose answers have more than one correct spelling.
+        """
+
+        def verify(
+            prompts: list[str], completions: list[str], **columns: Any
+        ) -> list[float | None]:
+            if "answer" not in columns:
+                raise DataError(
+                    f"the '{self.name}' task's reward reads column 'answer', but the batch has "
+                    f"none (columns: {', '.join(sorted(columns)) or 'none'})"
+                )
+            return [
+                1.0 if completion.strip() == answer else 0.0
+                for completion, answer in zip(completions, columns["answer"], strict=True)
+            ]
+
+        verify.__name__ = f"{self.name}_verifier"
+        return verify
 
     def is_heldout(self, problem: Problem) -> bool:
         digest = hashlib.sha256(problem.prompt.encode()).digest()

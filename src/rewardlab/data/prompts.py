@@ -1,0 +1,112 @@
+"""Where a run's prompts come from: a built-in task or a dataset file, as plain row dicts.
+
+A row is ``{"prompt": str, **columns}`` once rendered; the extra columns (``answer``, ...)
+reach the reward functions. Which rows a step sees is a pure function of (seed, step), so a
+resumed run needs to remember only the step it stopped at.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from rewardlab.config import DataConfig
+from rewardlab.data.datasets import load_rows, render_completion, render_prompt
+from rewardlab.data.tasks import Task, make_task
+from rewardlab.errors import ConfigError
+
+Row = dict[str, Any]
+
+
+@dataclass
+class PromptSource:
+    """Training and held-out rows of one run.
+
+    With a task, training rows are drawn fresh from its generator (stream ``rl``), so RL sees
+    prompts SFT never saw. With a dataset, rows are visited in a seeded shuffle, epoch after
+    epoch.
+    """
+
+    task: Task | None
+    rows: list[Row]
+    heldout_rows: list[Row]
+    seed: int
+    skipped: int = 0
+
+    def train_rows(self, step: int, n: int) -> list[Row]:
+        """The ``n`` training rows of ``step``."""
+        return [self._train_row(step * n + i) for i in range(n)]
+
+    def _train_row(self, index: int) -> Row:
+        if self.task is not None:
+            return self.task.train_problem(index, seed=self.seed, stream="rl").row()
+        epoch, position = divmod(index, len(self.rows))
+        order = list(range(len(self.rows)))
+        random.Random(f"{self.seed}/epoch/{epoch}").shuffle(order)
+        return self.rows[order[position]]
+
+
+def prompt_source(
+    data: DataConfig, tokenizer: Any, seed: int, required_columns: list[str] | None = None
+) -> PromptSource:
+    """Build the rows of a run from ``data`` (a task, or dataset files)."""
+    if data.task is not None:
+        task = make_task(data.task, data.task_args)
+        heldout = [p.row() for p in task.heldout(data.heldout_size, seed=seed)]
+        return PromptSource(task, [], heldout, seed)
+    assert data.path is not None  # the config guarantees one source
+    loaded = load_rows(
+        data.path,
+        kind="prompt",
+        required_columns=required_columns or [],
+        skip_bad_rows=data.skip_bad_rows,
+        split=data.split,
+    )
+    rows = [_rendered(row, tokenizer) for row in loaded.rows]
+    skipped = len(loaded.skipped)
+    if data.eval_path is not None:
+        held = load_rows(
+            data.eval_path,
+            kind="prompt",
+            required_columns=required_columns or [],
+            skip_bad_rows=data.skip_bad_rows,
+            split=data.split,
+        )
+        heldout = [_rendered(row, tokenizer) for row in held.rows[: data.heldout_size]]
+        skipped += len(held.skipped)
+    else:
+        heldout = rows[: min(data.heldout_size, len(rows))]
+    return PromptSource(None, rows, heldout, seed, skipped)
+
+
+def _rendered(row: Row, tokenizer: Any) -> Row:
+    """The row with ``prompt`` as text (chat rows go through the chat template)."""
+    out = {k: v for k, v in row.items() if k != "messages"}
+    out["prompt"] = render_prompt(row, tokenizer)
+    return out
+
+
+def demonstrations(data: DataConfig, tokenizer: Any, seed: int) -> tuple[list[Row], int]:
+    """SFT pairs ``{"prompt", "completion"}`` and how many bad rows were skipped.
+
+    From a task: ``data.num_examples`` problems of its ``sft`` stream, a fixed demo set. From
+    a dataset: every row (``data.num_examples`` caps it).
+    """
+    if data.task is not None:
+        if data.num_examples is None:
+            raise ConfigError("data.num_examples: SFT on a task needs the size of the demo set")
+        task = make_task(data.task, data.task_args)
+        rows = [
+            task.train_problem(i, seed=seed, stream="sft").row() for i in range(data.num_examples)
+        ]
+        return rows, 0
+    assert data.path is not None
+    loaded = load_rows(data.path, kind="sft", skip_bad_rows=data.skip_bad_rows, split=data.split)
+    pairs = [
+        {"prompt": render_prompt(row, tokenizer), "completion": render_completion(row, tokenizer)}
+        for row in loaded.rows
+    ]
+    if data.num_examples is not None:
+        pairs = pairs[: data.num_examples]
+    return pairs, len(loaded.skipped)

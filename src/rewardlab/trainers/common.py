@@ -1,0 +1,82 @@
+"""Pieces every trainer shares: run folders, seeding, optimizer and schedule."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from rewardlab.config import OptimConfig, Section, dump_config
+from rewardlab.errors import RewardlabError
+
+CONFIG_FILE = "config.yaml"
+FINAL_MODEL = "final"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def step_seed(seed: int, step: int, salt: int = 0) -> int:
+    """A seed for one step's sampling: runs are reproducible step by step, so a resumed run
+    draws the same completions as an uninterrupted one."""
+    return (seed * 1_000_003 + step * 7919 + salt) % (2**63 - 1)
+
+
+def make_run_dir(run_dir: str | None, kind: str, *, resume: bool = False) -> Path:
+    """The run folder: the configured one, or ``runs/<kind>-<timestamp>``.
+
+    A new run refuses a folder that already holds a run, so nothing a user has is
+    overwritten; resuming requires one.
+    """
+    path = Path(run_dir) if run_dir else Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if resume:
+        if not (path / CONFIG_FILE).is_file():
+            raise RewardlabError(f"--resume {path}: not a run folder (no {CONFIG_FILE} in it)")
+        return path
+    if (path / CONFIG_FILE).exists():
+        raise RewardlabError(
+            f"run_dir {path} already holds a run; resume it with --resume {path}, "
+            "or choose another run_dir (--set run_dir=...)"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_run_config(config: Section, run_dir: Path) -> None:
+    dump_config(config, run_dir / CONFIG_FILE)
+
+
+def make_optimizer(
+    params: Iterable[torch.nn.Parameter], optim: OptimConfig
+) -> torch.optim.AdamW:
+    trainable = [p for p in params if p.requires_grad]
+    return torch.optim.AdamW(
+        trainable, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay
+    )
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the configured learning rate, then constant."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)) if warmup_steps else 1.0
+    )
+
+
+def clip_and_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    max_grad_norm: float | None,
+) -> float:
+    """Clip gradients, take an optimizer step, advance the schedule; returns the grad norm."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)

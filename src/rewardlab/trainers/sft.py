@@ -1,0 +1,185 @@
+"""Supervised fine-tuning on prompt/completion pairs: cross-entropy on completion tokens only.
+
+The quickstart uses it to warm-start the built-in model from a small fixed set of
+demonstrations, so that RL has signal to work with.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rewardlab.config import SFTConfig
+from rewardlab.data.prompts import Row, demonstrations, prompt_source
+from rewardlab.models.loading import export_model, load_policy
+from rewardlab.rewards import build_reward_sources
+from rewardlab.tracking import close_all, make_sinks, write_report
+from rewardlab.trainers.common import (
+    FINAL_MODEL,
+    clip_and_step,
+    make_optimizer,
+    make_run_dir,
+    make_scheduler,
+    save_run_config,
+    seed_everything,
+)
+from rewardlab.trainers.evaluate import evaluate, write_samples
+
+IGNORE = -100
+
+
+@dataclass
+class SFTResult:
+    run_dir: Path
+    steps: int = 0
+    seconds: float = 0.0
+    first_eval: dict[str, float] = field(default_factory=dict)
+    last_eval: dict[str, float] = field(default_factory=dict)
+
+
+def encode_pair(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + completion + EOS, and labels that are IGNORE on the prompt.
+
+    Prompt and completion are tokenized separately, exactly as RL sees them (a tokenized
+    prompt followed by generated tokens), so SFT teaches the same token boundaries.
+    """
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    completion_ids = completion_ids + [tokenizer.eos_token_id]
+    return prompt_ids + completion_ids, [IGNORE] * len(prompt_ids) + completion_ids
+
+
+def collate(
+    examples: list[tuple[list[int], list[int]]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded input ids, attention mask and labels."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (row_ids, row_labels) in enumerate(examples):
+        ids[i, : len(row_ids)] = torch.tensor(row_ids)
+        labels[i, : len(row_labels)] = torch.tensor(row_labels)
+        mask[i, : len(row_ids)] = 1
+    return ids, mask, labels
+
+
+def sft_loss(model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over completion tokens."""
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=IGNORE
+    )
+
+
+def train_sft(
+    config: SFTConfig,
+    *,
+    on_start: Callable[[int, int], None] | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> SFTResult:
+    """Fine-tune ``config.model`` on the demonstrations; the model is saved in ``final/``."""
+    run_dir = make_run_dir(config.run_dir, "sft")
+    seed_everything(config.seed)
+    model, tokenizer = load_policy(config.model, seed=config.seed)
+    pairs, _skipped = demonstrations(config.data, tokenizer, config.seed)
+    examples = [encode_pair(tokenizer, p["prompt"], p["completion"]) for p in pairs]
+    optimizer = make_optimizer(model.parameters(), config.train.optim)
+    scheduler = make_scheduler(optimizer, config.train.optim.warmup_steps)
+    save_run_config(config, run_dir)
+    evaluator = _evaluator(config, tokenizer, run_dir)
+    sinks = make_sinks(config.logging.sinks, run_dir, config.model_dump(mode="json"))
+    result = SFTResult(run_dir)
+    per_epoch = -(-len(examples) // config.train.batch_size)
+    total = config.train.epochs * per_epoch
+    if on_start:
+        on_start(0, total)
+    order_rng = random.Random(config.seed)
+    started = time.perf_counter()
+    step = 0
+    try:
+        if evaluator:
+            result.first_eval = evaluator(model, 0)
+            _log(sinks, 0, result.first_eval, on_step)
+        model.train()
+        for _epoch in range(config.train.epochs):
+            order = list(range(len(examples)))
+            order_rng.shuffle(order)
+            for lo in range(0, len(order), config.train.batch_size):
+                chunk = [examples[i] for i in order[lo : lo + config.train.batch_size]]
+                loss = sft_loss(model, *collate(chunk, tokenizer.pad_token_id))
+                loss.backward()
+                grad_norm = clip_and_step(model, optimizer, scheduler, config.train.optim.max_grad_norm)
+                step += 1
+                metrics = {"loss": float(loss.detach()), "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0]}
+                if evaluator and config.eval.every and step % config.eval.every == 0:
+                    metrics |= evaluator(model, step)
+                _log(sinks, step, metrics, on_step)
+                if _out_of_time(started, config.train.max_seconds):
+                    break
+            if _out_of_time(started, config.train.max_seconds):
+                break
+        result.seconds = time.perf_counter() - started
+        result.steps = step
+        if evaluator:
+            result.last_eval = evaluator(model, step)
+            _log(sinks, step, result.last_eval, None)
+    finally:
+        close_all(sinks)
+    export_model(model, tokenizer, run_dir / FINAL_MODEL)
+    write_report(run_dir)
+    return result
+
+
+def _out_of_time(started: float, limit: float | None) -> bool:
+    return limit is not None and time.perf_counter() - started >= limit
+
+
+def _log(sinks: list[Any], step: int, metrics: dict[str, float], on_step: Any) -> None:
+    for sink in sinks:
+        sink.log(step, metrics)
+    if on_step:
+        on_step(step, metrics)
+
+
+def _evaluator(
+    config: SFTConfig, tokenizer: Any, run_dir: Path
+) -> Callable[[Any, int], dict[str, float]] | None:
+    """Held-out evaluation for SFT runs on a task (or with ``data.eval_path``); None otherwise."""
+    if config.data.task is None and config.data.eval_path is None:
+        return None
+    data = config.data
+    if config.data.eval_path is not None:  # evaluate on the eval file's first rows
+        data = data.model_copy(update={"path": config.data.eval_path, "eval_path": None})
+    rows: list[Row] = prompt_source(data, tokenizer, config.seed).heldout_rows
+    sources = build_reward_sources(config.rewards, data_task(config))
+
+    def run(model: Any, step: int) -> dict[str, float]:
+        result = evaluate(
+            model,
+            tokenizer,
+            rows,
+            sources,
+            config.eval,
+            config.rollout.max_new_tokens,
+            seed=config.seed,
+            num_samples_saved=config.logging.samples,
+        )
+        if config.logging.samples:
+            write_samples(run_dir, step, result.samples)
+        model.train()
+        return result.metrics
+
+    return run
+
+
+def data_task(config: SFTConfig) -> Any:
+    from rewardlab.data.tasks import make_task
+
+    return make_task(config.data.task, config.data.task_args) if config.data.task else None
