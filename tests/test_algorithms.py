@@ -145,7 +145,9 @@ def _rloo_reference(rewards: list[float], group: list[int]) -> list[float]:
     """RLOO by its definition: r_i minus the mean of the other rewards of its group."""
     out = []
     for i, (r, g) in enumerate(zip(rewards, group, strict=True)):
-        others = [rj for j, (rj, gj) in enumerate(zip(rewards, group, strict=True)) if gj == g and j != i]
+        others = [
+            rj for j, (rj, gj) in enumerate(zip(rewards, group, strict=True)) if gj == g and j != i
+        ]
         out.append(r - sum(others) / len(others) if others else 0.0)
     return out
 
@@ -223,15 +225,15 @@ def _ppo_inputs(advantage_signs=(2.0, -2.0)):
 def test_ppo_clip_hand_computed_clip_higher():
     logp, old, adv, _ = _ppo_inputs()
     loss, metrics = ppo_clip(logp, old, adv, clip_low=0.2, clip_high=0.28)
-    expected = torch.tensor(
-        [[-1.0, -1.8, -2.5, -2.56], [1.6, 1.8, 2.5, 3.0]], dtype=torch.float64
-    )
+    expected = torch.tensor([[-1.0, -1.8, -2.5, -2.56], [1.6, 1.8, 2.5, 3.0]], dtype=torch.float64)
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(
         metrics["clip_fraction"],
         torch.tensor([[0.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0]]),
     )
-    torch.testing.assert_close(metrics["ratio"], torch.tensor([RATIOS, RATIOS], dtype=torch.float64))
+    torch.testing.assert_close(
+        metrics["ratio"], torch.tensor([RATIOS, RATIOS], dtype=torch.float64)
+    )
 
 
 def test_ppo_clip_symmetric_clips_what_clip_higher_lets_through():
@@ -281,7 +283,9 @@ def test_k1_k3_closed_forms():
     # k1 = logp - ref = log 2; k3 = r - 1 - log r = 0.5 - 1 + log 2 = log 2 - 0.5.
     logp = torch.tensor([math.log(0.5), math.log(0.3), -1.0], dtype=torch.float64)
     ref = torch.tensor([math.log(0.25), math.log(0.3), -3.0], dtype=torch.float64)
-    torch.testing.assert_close(k1(logp, ref), torch.tensor([math.log(2), 0.0, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        k1(logp, ref), torch.tensor([math.log(2), 0.0, 2.0], dtype=torch.float64)
+    )
     # third: log r = -2 -> e^-2 - 1 + 2
     expected_k3 = [math.log(2) - 0.5, 0.0, math.exp(-2) + 1.0]
     torch.testing.assert_close(k3(logp, ref), torch.tensor(expected_k3, dtype=torch.float64))
@@ -519,7 +523,9 @@ def test_unknown_name_suggests_the_close_one():
     assert "unknown advantage 'grop'" in msg
     assert "did you mean 'grpo'" in msg
     assert "dr_grpo, grpo, rloo" in msg
-    with pytest.raises(RegistryError, match="unknown aggregation 'tokenmean'.*did you mean 'token_mean'"):
+    with pytest.raises(
+        RegistryError, match="unknown aggregation 'tokenmean'.*did you mean 'token_mean'"
+    ):
         AGGREGATIONS.get("tokenmean")
 
 

@@ -24,8 +24,15 @@ def group_count(group: torch.Tensor, dtype: torch.dtype = torch.float32) -> torc
 
 
 def group_mean(values: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over each row's group, shape [B]."""
-    return group_sum(values, group) / group_count(group, values.dtype)
+    """Mean of ``values`` over each row's group, shape [B].
+
+    Summed relative to the group's maximum, so a group of equal values has exactly that value
+    as its mean (a plain float32 sum / count can be an ulp off, e.g. for seven rewards of 0.7,
+    and GRPO's division by std + eps would blow that ulp up to an advantage of about 0.06).
+    """
+    index, n = group_index(group)
+    top = values.new_zeros(n).scatter_reduce(0, index, values, "amax", include_self=False)[index]
+    return top + group_sum(values - top, group) / group_count(group, values.dtype)
 
 
 def group_std(values: torch.Tensor, group: torch.Tensor) -> torch.Tensor:

@@ -329,3 +329,21 @@ def run_eval(
     if config.logging.samples:
         write_samples(run_dir, step, result.samples)
     return result.metrics
+
+
+def evaluate_config(config: RunConfig) -> dict[str, float]:
+    """Evaluate ``config.model`` on the config's held-out prompts (``rewardlab eval``)."""
+    seed_everything(config.seed)
+    policy, tokenizer = load_policy(config.model, seed=config.seed)
+    prompts = prompt_source(config.data, tokenizer, config.seed, _required_columns(config))
+    sources = build_reward_sources(config.rewards, prompts.task)
+    result = evaluate(
+        policy,
+        tokenizer,
+        prompts.heldout_rows,
+        sources,
+        config.eval,
+        config.rollout.max_new_tokens,
+        seed=step_seed(config.seed, 0, salt=2),
+    )
+    return result.metrics

@@ -1,0 +1,202 @@
+"""The ``rewardlab`` command: train | sft | eval | list | report | quickstart.
+
+User mistakes (``RewardlabError``) print one red line and exit with status 2; anything else
+is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rewardlab.errors import RewardlabError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Reward modeling and policy optimization for language models.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key: --set train.optim.lr=1e-4 (repeatable)."),
+]
+ConfigArg = Annotated[
+    Path | None, typer.Argument(help="Run config (YAML). Omit to use the defaults.", show_default=False)
+]
+
+
+def _quiet_libraries() -> None:
+    """Keep library chatter (weight-loading bars, hub notices) off the user's terminal."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+@app.command()
+def train(
+    config: ConfigArg = None,
+    set_: SetOption = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the run in this folder from its last checkpoint.")
+    ] = None,
+) -> None:
+    """Online RL (GRPO, Dr. GRPO, RLOO, ...): generate, score, update, evaluate, checkpoint."""
+    from rewardlab.config import RunConfig, load_config
+    from rewardlab.trainers.common import CONFIG_FILE
+    from rewardlab.trainers.online import train as run_train
+
+    _quiet_libraries()
+    if resume is not None and config is None:
+        config = resume / CONFIG_FILE  # the run's own resolved config
+    cfg = load_config(RunConfig, config, set_)
+    from rewardlab.tracking.progress import ProgressView
+
+    with ProgressView(cfg.algorithm.recipe.upper(), err_console) as view:
+        result = run_train(cfg, resume=resume, on_start=view.start, on_step=view.step)
+    _print_eval("before", result.first_eval)
+    _print_eval("after", result.last_eval)
+    console.print(f"run folder: {result.run_dir}  (report: {result.run_dir / 'report'})")
+
+
+@app.command()
+def sft(config: ConfigArg = None, set_: SetOption = None) -> None:
+    """Supervised fine-tuning on a task's demonstrations or a prompt/completion dataset."""
+    from rewardlab.config import SFTConfig, load_config
+    from rewardlab.tracking.progress import ProgressView
+    from rewardlab.trainers.sft import train_sft
+
+    _quiet_libraries()
+    cfg = load_config(SFTConfig, config, set_)
+    with ProgressView("SFT", err_console) as view:
+        result = train_sft(cfg, on_start=view.start, on_step=view.step)
+    _print_eval("before", result.first_eval)
+    _print_eval("after", result.last_eval)
+    console.print(f"model: {result.run_dir / 'final'}  ({result.steps} steps, {result.seconds:.0f} s)")
+
+
+@app.command("eval")
+def eval_(
+    config: Annotated[
+        Path | None,
+        typer.Argument(help="A run config (YAML) or a run folder (evaluates its final model).", show_default=False),
+    ] = None,
+    set_: SetOption = None,
+    model: Annotated[str | None, typer.Option(help="Model to evaluate (overrides model.name).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
+    """Evaluate a model on held-out prompts: greedy accuracy, mean reward, pass@k."""
+    from rewardlab.config import RunConfig, load_config
+    from rewardlab.trainers.common import CONFIG_FILE, FINAL_MODEL
+    from rewardlab.trainers.online import evaluate_config
+
+    _quiet_libraries()
+    overrides = list(set_ or [])
+    if config is not None and config.is_dir():
+        if not (config / CONFIG_FILE).is_file():
+            raise RewardlabError(f"{config}: not a run folder (no {CONFIG_FILE}); pass a YAML config")
+        overrides.insert(0, f"model.name={config / FINAL_MODEL}")
+        config = config / CONFIG_FILE
+    if model is not None:
+        overrides.append(f"model.name={model}")
+    cfg = load_config(RunConfig, config, overrides)
+    metrics = evaluate_config(cfg)
+    if as_json:
+        console.print_json(json.dumps(metrics))
+    else:
+        _print_eval(cfg.model.name, metrics)
+
+
+@app.command("list")
+def list_(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Every registered component, by axis, with its paper; and the recipes."""
+    from rewardlab.catalogue import catalogue
+
+    entries = catalogue()
+    if as_json:
+        console.print_json(json.dumps(entries))
+        return
+    for axis, items in entries["axes"].items():
+        table = Table(title=f"{axis}", title_justify="left", show_lines=False)
+        for column in ("name", "paper", "arxiv", "params"):
+            table.add_column(column, overflow="fold")
+        for item in items:
+            params = ", ".join(f"{k}={v}" for k, v in item["params"].items())
+            table.add_row(item["name"], item["paper"], item["arxiv"] or "", params)
+        console.print(table)
+    table = Table(title="recipes", title_justify="left")
+    for column in ("name", "advantage", "policy_loss", "kl", "aggregation"):
+        table.add_column(column)
+    for name, recipe in entries["recipes"].items():
+        table.add_row(name, *(str(recipe[a]["name"]) for a in ("advantage", "policy_loss", "kl", "aggregation")))
+    console.print(table)
+    table = Table(title="rewards", title_justify="left")
+    table.add_column("name")
+    table.add_column("what it scores", overflow="fold")
+    for item in entries["rewards"]:
+        table.add_row(item["name"], item["doc"])
+    console.print(table)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
+    """PNG plots of reward, accuracy, KL, entropy, completion length and loss over steps."""
+    from rewardlab.tracking import write_report
+
+    for path in write_report(run_dir):
+        console.print(str(path))
+
+
+@app.command()
+def quickstart(
+    seed: Annotated[int, typer.Option(help="Seed for the model, data and sampling.")] = 0,
+    run_dir: Annotated[Path, typer.Option(help="Where the two runs go.")] = Path("runs/quickstart"),
+    summary_json: Annotated[
+        Path | None, typer.Option(help="Write {accuracy_before, accuracy_after, seconds, run_dir} here.")
+    ] = None,
+) -> None:
+    """Warm-start the built-in tiny model on arithmetic with SFT, then GRPO; before vs after."""
+    from rewardlab.quickstart import run_quickstart
+
+    _quiet_libraries()
+    summary = run_quickstart(seed=seed, root=run_dir, console=console, err_console=err_console)
+    if summary_json is not None:
+        summary_json.parent.mkdir(parents=True, exist_ok=True)
+        summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _print_eval(label: str, metrics: dict[str, Any]) -> None:
+    if not metrics:
+        return
+    shown = "  ".join(f"{k.removeprefix('eval/')}={v:.3f}" for k, v in sorted(metrics.items()))
+    console.print(f"[bold]{label}[/bold]: {shown}")
+
+
+def main() -> None:
+    """Entry point: user errors become one message, not a traceback."""
+    try:
+        app()
+    except RewardlabError as e:
+        err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; resume a train run with --resume RUN_DIR")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

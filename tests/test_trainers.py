@@ -1,0 +1,154 @@
+"""End-to-end runs of the trainers on the built-in tiny model: learning, exact resume, LoRA."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from rewardlab.checkpoint import list_checkpoints
+from rewardlab.config import RunConfig, SFTConfig, parse_config
+from rewardlab.errors import RewardlabError
+from rewardlab.tracking import read_metrics
+from rewardlab.trainers.online import train
+from rewardlab.trainers.sft import train_sft
+
+TESTS = Path(__file__).parent
+
+
+def _rl_config(run_dir: Path, **overrides: Any) -> RunConfig:
+    data: dict[str, Any] = {
+        "seed": 3,
+        "run_dir": str(run_dir),
+        "data": {"task": "arithmetic", "heldout_size": 16},
+        "rewards": [{"name": "dense_rewards:digit_fraction"}],
+        "rollout": {"num_generations": 4, "max_new_tokens": 6},
+        "train": {"steps": 12, "prompts_per_step": 8, "optim": {"lr": 3e-3}},
+        "eval": {"every": 0, "pass_k": 2, "batch_size": 64},
+        "checkpoint": {"every": 0},
+        "logging": {"samples": 2},
+    }
+    for key, value in overrides.items():
+        node = data
+        *path, last = key.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return parse_config(RunConfig, data)
+
+
+@pytest.fixture(autouse=True)
+def _user_rewards_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(TESTS))
+
+
+def _train_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl without wall-clock timings (which differ from run to run)."""
+    return [
+        {k: v for k, v in r.items() if not k.startswith("time/")} for r in read_metrics(run_dir / "metrics.jsonl")
+    ]
+
+
+def test_grpo_raises_a_dense_reward(tmp_path: Path) -> None:
+    result = train(_rl_config(tmp_path / "run", **{"train.steps": 25}))
+    rewards = [r["reward"] for r in _train_metrics(result.run_dir) if "reward" in r]
+    assert len(rewards) == 25
+    early, late = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert late > early + 0.1, (early, late)
+    run = result.run_dir
+    assert (run / "config.yaml").is_file()
+    assert (run / "final" / "config.json").is_file()
+    assert (run / "report" / "overview.png").is_file()
+    samples = (run / "samples" / "step-000025.jsonl").read_text().splitlines()
+    assert len(samples) == 2 and "completion" in json.loads(samples[0])
+    assert {"eval/accuracy", "eval/pass@2", "eval/reward_sampled"} <= set(result.last_eval)
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_at(step: int) -> Any:
+    def on_step(current: int, metrics: dict[str, float]) -> None:
+        if current == step:
+            raise _Crash
+
+    return on_step
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},  # fully on-policy: one optimizer step per batch
+        {"train.ppo_epochs": 2, "train.mini_batch_size": 16, "train.micro_batch_size": 8,
+         "algorithm.kl.coef": 0.05, "train.optim.warmup_steps": 3},
+    ],
+    ids=["on_policy", "epochs_minibatches_kl"],
+)
+def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path, overrides: dict[str, Any]) -> None:
+    settings = {"train.steps": 6, "checkpoint.every": 2, "eval.every": 3, **overrides}
+    straight = train(_rl_config(tmp_path / "straight", **settings))
+
+    interrupted = _rl_config(tmp_path / "interrupted", **settings)
+    with pytest.raises(_Crash):
+        train(interrupted, on_step=_crash_at(5))  # dies after step 5, last checkpoint at 4
+    assert [p.name for p in list_checkpoints(tmp_path / "interrupted")] == ["step-000002", "step-000004"]
+    resumed = train(interrupted, resume=tmp_path / "interrupted")
+
+    assert _train_metrics(resumed.run_dir) == _train_metrics(straight.run_dir)
+    a = torch.load(straight.run_dir / "checkpoints" / "step-000006" / "trainer.pt", weights_only=True)
+    b = torch.load(resumed.run_dir / "checkpoints" / "step-000006" / "trainer.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    config = _rl_config(tmp_path / "run", **{"train.steps": 3})
+    with pytest.raises(_Crash):
+        train(config, on_step=_crash_at(1))
+    with pytest.raises(RewardlabError, match="no checkpoint yet"):
+        train(config, resume=tmp_path / "run")
+
+
+def test_new_run_refuses_to_overwrite_a_run(tmp_path: Path) -> None:
+    train(_rl_config(tmp_path / "run", **{"train.steps": 1}))
+    with pytest.raises(RewardlabError, match="already holds a run"):
+        train(_rl_config(tmp_path / "run", **{"train.steps": 1}))
+
+
+def test_lora_trains_only_the_adapter_and_uses_the_base_as_reference(tmp_path: Path) -> None:
+    config = _rl_config(
+        tmp_path / "run",
+        **{"train.steps": 4, "model.lora": {"r": 4}, "algorithm.kl.coef": 0.1, "checkpoint.every": 2},
+    )
+    result = train(config)
+    metrics = _train_metrics(result.run_dir)
+    kls = [r["kl"] for r in metrics if "kl" in r]
+    assert len(kls) == 4 and kls[0] == pytest.approx(0.0, abs=1e-6) and kls[-1] > 0
+    from safetensors.torch import load_file
+
+    saved = load_file(str(list_checkpoints(result.run_dir)[-1] / "weights.safetensors"))
+    assert saved and all("lora_" in name for name in saved)
+    # final/ is a plain model (adapter merged) that loads without peft.
+    assert not (result.run_dir / "final" / "adapter_config.json").exists()
+
+
+def test_sft_learns_the_demonstrations(tmp_path: Path) -> None:
+    config = parse_config(
+        SFTConfig,
+        {
+            "seed": 0,
+            "run_dir": str(tmp_path / "sft"),
+            "data": {"task": "reverse", "task_args": {"max_len": 3}, "num_examples": 64, "heldout_size": 16},
+            "rollout": {"max_new_tokens": 5},
+            "train": {"epochs": 15, "batch_size": 16, "optim": {"lr": 3e-3}},
+            "eval": {"every": 0, "pass_k": 1},
+        },
+    )
+    result = train_sft(config)
+    losses = [r["loss"] for r in read_metrics(result.run_dir / "metrics.jsonl") if "loss" in r]
+    assert losses[-1] < 0.5 * losses[0]
+    assert result.first_eval["eval/accuracy"] == 0.0
+    assert (result.run_dir / "final" / "model.safetensors").is_file()
