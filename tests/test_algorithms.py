@@ -141,6 +141,19 @@ def test_grpo_eps_keeps_near_constant_groups_finite():
     assert torch.isfinite(adv).all() and (adv == 0).all()
 
 
+@pytest.mark.parametrize("value", [0.7, 0.1, 0.3, 1 / 3, -2.9, 123.456])
+@pytest.mark.parametrize("size", [2, 3, 6, 7, 13])
+def test_constant_group_is_exactly_zero_for_any_reward_value(value, size):
+    # Regression: seven rewards of 0.7 in float32 have sum / 7 one ulp away from 0.7; grpo then
+    # divided that ulp by std + 1e-6 (std ~ 6e-8) and gave every row an advantage of 0.056.
+    rewards = torch.full((size,), value)
+    group = torch.zeros(size, dtype=torch.long)
+    assert group_std(rewards, group).abs().max().item() == 0.0
+    for name, fn in ADV_FNS.items():
+        adv = fn(rewards, group, torch.ones(size, 2))
+        assert (adv == 0).all(), (name, adv[:, 0].tolist())
+
+
 def _rloo_reference(rewards: list[float], group: list[int]) -> list[float]:
     """RLOO by its definition: r_i minus the mean of the other rewards of its group."""
     out = []
@@ -164,10 +177,7 @@ def test_rloo_equals_reward_minus_mean_of_others_random():
 _group_and_rewards = st.integers(min_value=1, max_value=24).flatmap(
     lambda n: st.tuples(
         st.lists(st.integers(min_value=-3, max_value=50), min_size=n, max_size=n),
-        # Rewards as a verifier or a scorer gives them: multiples of 1/4 in [-4, 4]. (For
-        # arbitrary float32 rewards a constant group's mean can be off by one ulp, and grpo
-        # then divides that ulp by std + eps.)
-        st.lists(st.integers(min_value=-16, max_value=16), min_size=n, max_size=n),
+        st.lists(st.floats(min_value=-10, max_value=10, width=32), min_size=n, max_size=n),
     )
 )
 
@@ -175,9 +185,9 @@ _group_and_rewards = st.integers(min_value=1, max_value=24).flatmap(
 @settings(max_examples=150, deadline=None)
 @given(_group_and_rewards)
 def test_advantages_sum_to_zero_within_each_group(data):
-    ids, quarters = data
+    ids, values = data
     group = torch.tensor(ids)
-    rewards = torch.tensor(quarters, dtype=torch.float32) / 4
+    rewards = torch.tensor(values, dtype=torch.float32)
     mask = torch.ones(len(ids), 3)
     for name, fn in ADV_FNS.items():
         adv = fn(rewards, group, mask)
@@ -191,10 +201,9 @@ def test_advantages_sum_to_zero_within_each_group(data):
 @settings(max_examples=100, deadline=None)
 @given(_group_and_rewards)
 def test_rloo_identity_property(data):
-    ids, quarters = data
-    rewards = [q / 4 for q in quarters]
+    ids, rewards = data
     adv = rloo(t(rewards), torch.tensor(ids), torch.ones(len(ids), 1))[:, 0]
-    torch.testing.assert_close(adv, t(_rloo_reference(rewards, ids)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(adv, t(_rloo_reference(rewards, ids)), rtol=1e-5, atol=1e-4)
 
 
 # --------------------------------------------------------------------------- policy loss
@@ -429,12 +438,6 @@ def test_token_logprobs_matches_trl_selective_log_softmax():
         torch.testing.assert_close(ours, naive)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="token_logprobs subtracts two bf16 numbers (logit - logsumexp); for a confident token "
-    "it returns 0.0 where the true log-prob is about -0.007. TRL's selective_log_softmax uses "
-    "log_softmax per row in bf16 and stays within 0.004. Fix in models/logprobs.py.",
-)
 def test_token_logprobs_bf16_precision_matches_trl():
     from trl.trainer.utils import selective_log_softmax
 
@@ -447,7 +450,7 @@ def test_token_logprobs_bf16_precision_matches_trl():
     theirs = selective_log_softmax(bf16, ids).double()
     ours = token_logprobs(bf16, ids).double()
     assert (theirs - exact).abs().max().item() < 0.01  # TRL: about 0.004
-    assert (ours - exact).abs().max().item() < 0.01  # ours: about 0.027
+    assert (ours - exact).abs().max().item() < 1e-6  # upcast per row: exact to float32
 
 
 def test_token_entropy_matches_trl_entropy_from_logits():
