@@ -218,11 +218,15 @@ def test_unknown_key_names_full_path_and_valid_keys(tmp_path):
     msg = config_error(RunConfig, path)
     assert msg.startswith(f"{path}: ")
     assert "unknown key 'train.lrr'" in msg
-    # Nothing in `train` is close to "lrr" (lr lives in train.optim), so no guess is made; the
-    # valid keys of the section are listed, and they include `optim`.
-    assert "did you mean" not in msg
+    # Nothing in `train` itself is close to "lrr"; the guess comes from one level down.
+    assert "(did you mean 'train.optim.lr'?)" in msg
     assert "valid keys here: steps, prompts_per_step, ppo_epochs, mini_batch_size, " in msg
     assert "optim" in msg.split("valid keys here:")[1]
+
+
+def test_unknown_key_with_nothing_close_makes_no_guess(tmp_path):
+    msg = config_error(RunConfig, write(tmp_path, "train:\n  foo: 0.1\n"))
+    assert "unknown key 'train.foo'; valid keys here:" in msg
 
 
 def test_unknown_key_suggests_the_closest_valid_key():

@@ -315,6 +315,10 @@ def _describe(schema: type[BaseModel], error: ValidationError, source: str) -> s
         if item["type"] == "extra_forbidden":
             valid = _valid_keys(schema, item["loc"][:-1])
             close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.4)
+            if not close:  # `train.lr` is really `train.optim.lr`: look one level down
+                nested = _nested_keys(schema, item["loc"][:-1], valid)
+                close = difflib.get_close_matches(loc[-1], nested, n=1, cutoff=0.6)
+                close = [nested[close[0]]] if close else []
             hint = f" (did you mean '{'.'.join(loc[:-1] + close)}'?)" if close else ""
             problems.append(f"unknown key '{key}'{hint}; valid keys here: {', '.join(valid)}")
         elif item["type"] == "missing":
@@ -325,6 +329,15 @@ def _describe(schema: type[BaseModel], error: ValidationError, source: str) -> s
             shown = "" if isinstance(got, dict) else f" (got {got!r})"
             problems.append(f"'{key}': {msg}{shown}")
     return f"{source}: " + "; ".join(problems[:3])
+
+
+def _nested_keys(schema: type[BaseModel], loc: tuple[Any, ...], valid: list[str]) -> dict[str, str]:
+    """Keys of the sub-sections at ``loc``, each mapped to its path from ``loc`` (``optim.lr``)."""
+    found: dict[str, str] = {}
+    for name in valid:
+        for sub in _valid_keys(schema, (*loc, name)):
+            found.setdefault(sub, f"{name}.{sub}")
+    return found
 
 
 def _valid_keys(schema: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
