@@ -17,6 +17,7 @@ def rewardlab(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
     env = dict(os.environ, PYTHONPATH=str(TESTS), COLUMNS="200")
     return subprocess.run(
         [sys.executable, "-m", "rewardlab.cli", *args],
+        check=False,
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -84,3 +85,10 @@ def test_quickstart_meets_its_bar(tmp_path: Path) -> None:
     result = json.loads(summary.read_text())
     assert set(result) == {"accuracy_before", "accuracy_after", "seconds", "run_dir"}
     assert result["accuracy_after"] >= result["accuracy_before"] + 0.15, result
+
+
+def test_docs_catalogue_is_generated_from_the_registry() -> None:
+    from rewardlab.catalogue import markdown
+
+    page = (TESTS.parent / "docs" / "catalogue.md").read_text()
+    assert page == markdown(), "regenerate: python -m rewardlab.catalogue > docs/catalogue.md"

@@ -66,6 +66,7 @@ def train(
 
     with ProgressView(cfg.algorithm.recipe.upper(), err_console) as view:
         result = run_train(cfg, resume=resume, on_start=view.start, on_step=view.step)
+    _print_skipped(result.skipped_rows)
     _print_eval("before", result.first_eval)
     _print_eval("after", result.last_eval)
     console.print(f"run folder: {result.run_dir}  (report: {result.run_dir / 'report'})")
@@ -82,6 +83,7 @@ def sft(config: ConfigArg = None, set_: SetOption = None) -> None:
     cfg = load_config(SFTConfig, config, set_)
     with ProgressView("SFT", err_console) as view:
         result = train_sft(cfg, on_start=view.start, on_step=view.step)
+    _print_skipped(result.skipped_rows)
     _print_eval("before", result.first_eval)
     _print_eval("after", result.last_eval)
     console.print(f"model: {result.run_dir / 'final'}  ({result.steps} steps, {result.seconds:.0f} s)")
@@ -177,6 +179,14 @@ def quickstart(
     if summary_json is not None:
         summary_json.parent.mkdir(parents=True, exist_ok=True)
         summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _print_skipped(count: int) -> None:
+    if count:
+        err_console.print(
+            f"[yellow]skipped {count} bad dataset rows[/yellow] (data.skip_bad_rows is on); "
+            "turn it off to see the first problem"
+        )
 
 
 def _print_eval(label: str, metrics: dict[str, Any]) -> None:

@@ -126,6 +126,9 @@ class AlgorithmConfig(Section):
 class OptimConfig(Section):
     lr: float = Field(5e-4, gt=0.0)
     warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="after warm-up: keep lr, or decay it to 0 by the last step"
+    )
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float | None = Field(1.0, gt=0.0)
     betas: tuple[float, float] = (0.9, 0.99)

@@ -208,7 +208,7 @@ def _read_saved_dataset(path: Path, source: str, split: str) -> tuple[list[_RawR
 
     try:
         loaded = datasets.load_from_disk(str(path))
-    except Exception as err:  # the library raises several types for damaged folders
+    except Exception as err:  # noqa: BLE001 - the library raises several types for damaged folders
         raise DataError(
             f"dataset folder {source} could not be loaded with datasets.load_from_disk "
             f"({_first_line(err)}); save it again with save_to_disk."

@@ -61,6 +61,7 @@ class TrainResult:
     run_dir: Path
     first_eval: dict[str, float] = field(default_factory=dict)
     last_eval: dict[str, float] = field(default_factory=dict)
+    skipped_rows: int = 0  # bad dataset rows left out because data.skip_bad_rows is on
 
 
 # --------------------------------------------------------------------------- the loop
@@ -84,7 +85,7 @@ def train(
     prompts = prompt_source(config.data, tokenizer, config.seed, _required_columns(config))
     sources = build_reward_sources(config.rewards, prompts.task)
     optimizer = make_optimizer(policy.parameters(), config.train.optim)
-    scheduler = make_scheduler(optimizer, config.train.optim.warmup_steps)
+    scheduler = make_scheduler(optimizer, config.train.optim, optimizer_steps(config))
     reference = make_reference(policy) if config.algorithm.kl.coef > 0 else None
 
     start = 0
@@ -98,7 +99,7 @@ def train(
         config.model_dump(mode="json"),
         resume_from_step=start if resume is not None else None,
     )
-    result = TrainResult(run_dir)
+    result = TrainResult(run_dir, skipped_rows=prompts.skipped)
     steps = config.train.steps
     if on_start:
         on_start(start, steps)
@@ -118,8 +119,9 @@ def train(
             metrics |= rollout_metrics(batch, scores, config)
             metrics |= {"time/rollout": t1 - t0, "time/step": time.perf_counter() - t0}
             if _due(step, config.eval.every, steps):
+                t2 = time.perf_counter()
                 ev = run_eval(policy, tokenizer, prompts, sources, config, run_dir, step)
-                metrics |= ev
+                metrics |= ev | {"time/eval": time.perf_counter() - t2}
                 result.last_eval = ev
             _log(sinks, step, metrics, on_step)
             if _due(step, config.checkpoint.every, steps):
@@ -133,6 +135,13 @@ def train(
     export_model(policy, tokenizer, run_dir / FINAL_MODEL)
     write_report(run_dir)
     return result
+
+
+def optimizer_steps(config: RunConfig) -> int:
+    """Optimizer steps in the whole run (the horizon of a decaying learning rate)."""
+    size = config.train.prompts_per_step * config.rollout.num_generations
+    mini = min(config.train.mini_batch_size or size, size)
+    return config.train.steps * config.train.ppo_epochs * -(-size // mini)
 
 
 def _due(step: int, every: int, last: int) -> bool:

@@ -41,6 +41,7 @@ class SFTResult:
     seconds: float = 0.0
     first_eval: dict[str, float] = field(default_factory=dict)
     last_eval: dict[str, float] = field(default_factory=dict)
+    skipped_rows: int = 0  # bad dataset rows left out because data.skip_bad_rows is on
 
 
 def encode_pair(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], list[int]]:
@@ -88,25 +89,25 @@ def train_sft(
     run_dir = make_run_dir(config.run_dir, "sft")
     seed_everything(config.seed)
     model, tokenizer = load_policy(config.model, seed=config.seed)
-    pairs, _skipped = demonstrations(config.data, tokenizer, config.seed)
+    pairs, skipped = demonstrations(config.data, tokenizer, config.seed)
     examples = [encode_pair(tokenizer, p["prompt"], p["completion"]) for p in pairs]
     optimizer = make_optimizer(model.parameters(), config.train.optim)
-    scheduler = make_scheduler(optimizer, config.train.optim.warmup_steps)
+    per_epoch = -(-len(examples) // config.train.batch_size)
+    total = config.train.epochs * per_epoch
+    scheduler = make_scheduler(optimizer, config.train.optim, total)
     save_run_config(config, run_dir)
     evaluator = _evaluator(config, tokenizer, run_dir)
     sinks = make_sinks(config.logging.sinks, run_dir, config.model_dump(mode="json"))
-    result = SFTResult(run_dir)
-    per_epoch = -(-len(examples) // config.train.batch_size)
-    total = config.train.epochs * per_epoch
+    result = SFTResult(run_dir, skipped_rows=skipped)
     if on_start:
         on_start(0, total)
     order_rng = random.Random(config.seed)
-    started = time.perf_counter()
     step = 0
     try:
         if evaluator:
             result.first_eval = evaluator(model, 0)
             _log(sinks, 0, result.first_eval, on_step)
+        started = time.perf_counter()  # max_seconds counts training, not the first evaluation
         model.train()
         for _epoch in range(config.train.epochs):
             order = list(range(len(examples)))
