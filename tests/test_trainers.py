@@ -152,3 +152,13 @@ def test_sft_learns_the_demonstrations(tmp_path: Path) -> None:
     assert losses[-1] < 0.5 * losses[0]
     assert result.first_eval["eval/accuracy"] == 0.0
     assert (result.run_dir / "final" / "model.safetensors").is_file()
+
+
+def test_resume_refuses_changed_settings_but_allows_more_steps(tmp_path: Path) -> None:
+    config = _rl_config(tmp_path / "run", **{"train.steps": 2, "checkpoint.every": 1})
+    train(config)
+    changed = _rl_config(tmp_path / "run", **{"train.steps": 3, "train.optim.lr": 1e-2})
+    with pytest.raises(RewardlabError, match=r"train\.optim\.lr \(0\.003 -> 0\.01\)"):
+        train(changed, resume=tmp_path / "run")
+    longer = train(_rl_config(tmp_path / "run", **{"train.steps": 3}), resume=tmp_path / "run")
+    assert [r["step"] for r in read_metrics(longer.run_dir / "metrics.jsonl")] == [0, 1, 2, 3]

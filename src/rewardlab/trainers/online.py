@@ -23,7 +23,8 @@ import torch
 from rewardlab.algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 from rewardlab.batch import RolloutBatch
 from rewardlab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from rewardlab.config import RunConfig
+from rewardlab.config import RunConfig, load_config
+from rewardlab.errors import RewardlabError
 from rewardlab.data.prompts import PromptSource, Row, prompt_source
 from rewardlab.models.loading import export_model, is_lora, load_policy
 from rewardlab.models.logprobs import (
@@ -42,6 +43,7 @@ from rewardlab.rewards import (
 from rewardlab.rollout.hf import SamplingParams, decode_completions, generate
 from rewardlab.tracking import close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
+    CONFIG_FILE,
     FINAL_MODEL,
     clip_and_step,
     make_optimizer,
@@ -80,6 +82,8 @@ def train(
     progress; the trainer itself prints nothing.
     """
     run_dir = make_run_dir(str(resume) if resume else config.run_dir, "train", resume=resume is not None)
+    if resume is not None:
+        check_resumable(config, run_dir)
     seed_everything(config.seed)
     policy, tokenizer = load_policy(config.model, seed=config.seed)
     prompts = prompt_source(config.data, tokenizer, config.seed, _required_columns(config))
@@ -135,6 +139,38 @@ def train(
     export_model(policy, tokenizer, run_dir / FINAL_MODEL)
     write_report(run_dir)
     return result
+
+
+# Keys a resumed run may change without changing the training trajectory: where it lives, how
+# long it runs, and how often it evaluates, checkpoints and logs.
+_RESUME_MAY_CHANGE = ("run_dir", "train.steps", "eval.every", "checkpoint.", "logging.")
+
+
+def check_resumable(config: RunConfig, run_dir: Path) -> None:
+    """Refuse to resume with settings that change training (the result would not be the run
+    that was interrupted); a longer ``train.steps`` is allowed, to extend a run."""
+    saved = _flatten(load_config(RunConfig, run_dir / CONFIG_FILE).model_dump(mode="json"))
+    given = _flatten(config.model_dump(mode="json"))
+    changed = sorted(
+        k for k in saved.keys() | given.keys()
+        if saved.get(k) != given.get(k) and not k.startswith(_RESUME_MAY_CHANGE)
+    )
+    if changed:
+        shown = ", ".join(f"{k} ({saved.get(k)!r} -> {given.get(k)!r})" for k in changed[:4])
+        raise RewardlabError(
+            f"--resume {run_dir}: the config differs from the run's own {CONFIG_FILE} in {shown}; "
+            "resume without a CONFIG argument to use the run's settings (train.steps, eval.every, "
+            "checkpoint.* and logging.* may change)"
+        )
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out |= _flatten(value, f"{prefix}{key}.")
+        return out
+    return {prefix.rstrip("."): tree}
 
 
 def optimizer_steps(config: RunConfig) -> int:
