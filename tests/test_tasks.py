@@ -92,8 +92,8 @@ def test_sort_answers_and_lengths() -> None:
 
 
 def test_problem_row_has_prompt_answer_and_demo() -> None:
-    row = Problem("1+2=", "3").row()
-    assert row == {"prompt": "1+2=", "answer": "3", "completion": "3"}
+    assert Problem("1+2=", "3").row() == {"prompt": "1+2=", "answer": "3"}
+    assert Problem("1+2=", "3").demonstration() == {"prompt": "1+2=", "completion": "3"}
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -126,9 +126,17 @@ def test_reward_fn_is_overridable_per_task() -> None:
     ],
 )
 def test_bad_task_args_name_data_task_args(name: str, args: dict[str, Any], detail: str) -> None:
-    with pytest.raises(ConfigError, match=r"^data\.task_args: ") as excinfo:
+    with pytest.raises(ConfigError, match=r"^data\.task_args[.:]") as excinfo:
         make_task(name, args)
     assert detail in str(excinfo.value)
+
+
+def test_unknown_task_arg_suggests_the_close_one_and_lists_args() -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        make_task("arithmetic", {"digitz": 3})
+    message = str(excinfo.value)
+    assert message.startswith("data.task_args.digitz: task 'arithmetic' has no arg 'digitz'")
+    assert "(did you mean 'digits'?)" in message and "min_digits (default 1)" in message
 
 
 def test_unknown_task_names_data_task() -> None:

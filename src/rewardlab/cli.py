@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from rewardlab.errors import RewardlabError
 
@@ -101,19 +102,17 @@ def eval_(
 ) -> None:
     """Evaluate a model on held-out prompts: greedy accuracy, mean reward, pass@k."""
     from rewardlab.config import RunConfig, load_config
-    from rewardlab.trainers.common import CONFIG_FILE, FINAL_MODEL
+    from rewardlab.trainers.common import run_config_of_folder
     from rewardlab.trainers.online import evaluate_config
 
     _quiet_libraries()
     overrides = list(set_ or [])
-    if config is not None and config.is_dir():
-        if not (config / CONFIG_FILE).is_file():
-            raise RewardlabError(f"{config}: not a run folder (no {CONFIG_FILE}); pass a YAML config")
-        overrides.insert(0, f"model.name={config / FINAL_MODEL}")
-        config = config / CONFIG_FILE
     if model is not None:
         overrides.append(f"model.name={model}")
-    cfg = load_config(RunConfig, config, overrides)
+    if config is not None and config.is_dir():
+        cfg = run_config_of_folder(config, overrides)
+    else:
+        cfg = load_config(RunConfig, config, overrides)
     metrics = evaluate_config(cfg)
     if as_json:
         console.print_json(json.dumps(metrics))
@@ -159,6 +158,8 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> No
     """PNG plots of reward, accuracy, KL, entropy, completion length and loss over steps."""
     from rewardlab.tracking import write_report
 
+    if not run_dir.is_dir():
+        raise RewardlabError(f"{run_dir}: no such run folder")
     for path in write_report(run_dir):
         console.print(str(path))
 
@@ -166,7 +167,9 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run folder.")]) -> No
 @app.command()
 def quickstart(
     seed: Annotated[int, typer.Option(help="Seed for the model, data and sampling.")] = 0,
-    run_dir: Annotated[Path, typer.Option(help="Where the two runs go.")] = Path("runs/quickstart"),
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Where the two runs go [default: runs/quickstart-<time>].")
+    ] = None,
     summary_json: Annotated[
         Path | None, typer.Option(help="Write {accuracy_before, accuracy_after, seconds, run_dir} here.")
     ] = None,
@@ -201,7 +204,8 @@ def main() -> None:
     try:
         app()
     except RewardlabError as e:
-        err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False)
+        # The message is plain text: brackets in it (rewardlab[tracking]) are not markup.
+        err_console.print(Text("error: ", style="bold red") + Text(str(e)), highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted; resume a train run with --resume RUN_DIR")

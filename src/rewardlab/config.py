@@ -45,10 +45,13 @@ class DataConfig(Section):
     task_args: dict[str, Any] = Field(default_factory=dict)
     path: str | None = None
     eval_path: str | None = None
-    split: str = "train"
+    split: str = Field("train", description="split of a saved DatasetDict folder")
+    eval_split: str | None = Field(None, description="split of eval_path; default: split")
     skip_bad_rows: bool = False
     heldout_size: int = Field(200, gt=0)
-    num_examples: int | None = Field(None, gt=0, description="SFT: size of the fixed demo set")
+    num_examples: int | None = Field(
+        256, gt=0, description="SFT on a task: how many demonstrations to draw (a fixed set)"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -75,13 +78,18 @@ class RolloutConfig(Section):
 
 
 class AxisChoice(Section):
-    name: str
+    """One axis of a recipe. Unset ``name`` keeps the recipe's entry; ``params`` given for the
+    recipe's own entry are merged into the recipe's (so one parameter can be changed alone)."""
+
+    name: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
 
 
 class KLChoice(Section):
-    name: str = "k3"
-    coef: float = Field(0.0, ge=0.0)
+    """KL to the reference policy, added to the loss; unset fields keep the recipe's."""
+
+    name: str | None = None
+    coef: float | None = Field(None, ge=0.0)
 
 
 class AlgorithmConfig(Section):
@@ -104,14 +112,13 @@ class AlgorithmConfig(Section):
                 f"choose one of: {', '.join(sorted(RECIPES))}"
             )
         preset = RECIPES[self.recipe]
-        if self.advantage is None:
-            self.advantage = AxisChoice(**preset["advantage"])
-        if self.policy_loss is None:
-            self.policy_loss = AxisChoice(**preset["policy_loss"])
-        if self.kl is None:
-            self.kl = KLChoice(**preset["kl"])
-        if self.aggregation is None:
-            self.aggregation = AxisChoice(**preset["aggregation"])
+        for axis in ("advantage", "policy_loss", "aggregation"):
+            setattr(self, axis, _merge_axis(getattr(self, axis), preset[axis]))
+        kl = self.kl or KLChoice()
+        self.kl = KLChoice(
+            name=kl.name or preset["kl"]["name"],
+            coef=preset["kl"]["coef"] if kl.coef is None else kl.coef,
+        )
         try:
             for axis in ("advantage", "policy_loss", "aggregation"):
                 choice: AxisChoice = getattr(self, axis)
@@ -121,6 +128,13 @@ class AlgorithmConfig(Section):
             # pydantic only wraps ValueError; re-raise so the message carries the key path.
             raise ValueError(str(e)) from None
         return self
+
+
+def _merge_axis(given: AxisChoice | None, recipe: dict[str, Any]) -> AxisChoice:
+    given = given or AxisChoice()
+    if given.name is None or given.name == recipe["name"]:
+        return AxisChoice(name=recipe["name"], params={**recipe.get("params", {}), **given.params})
+    return AxisChoice(name=given.name, params=given.params)
 
 
 class OptimConfig(Section):
@@ -160,7 +174,8 @@ class CheckpointConfig(Section):
 class LoggingConfig(Section):
     sinks: list[str] = Field(default_factory=lambda: ["jsonl"])
     samples: int = Field(8, ge=0, description="completions saved at each evaluation")
-    project: str = "rewardlab"
+    project: str = Field("rewardlab", description="wandb project")
+    experiment: str = Field("rewardlab", description="MLflow experiment")
 
 
 class RunConfig(Section):
@@ -179,11 +194,17 @@ class RunConfig(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
 
+class SFTOptimConfig(OptimConfig):
+    """SFT's optimizer: the same keys, a higher default learning rate."""
+
+    lr: float = Field(1e-3, gt=0.0)
+
+
 class SFTTrainConfig(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
     max_seconds: float | None = Field(None, gt=0, description="stop early after this long")
-    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=3e-3))
+    optim: SFTOptimConfig = Field(default_factory=SFTOptimConfig)
 
 
 class SFTConfig(Section):
@@ -192,7 +213,7 @@ class SFTConfig(Section):
     seed: int = 0
     run_dir: str | None = None
     model: ModelConfig = Field(default_factory=ModelConfig)
-    data: DataConfig = Field(default_factory=lambda: DataConfig(num_examples=256))
+    data: DataConfig = Field(default_factory=DataConfig)
     rewards: list[RewardSpec] = Field(
         default_factory=lambda: [RewardSpec(name="task")],
         description="used only to evaluate on held-out prompts",
@@ -317,12 +338,8 @@ def _describe(schema: type[BaseModel], error: ValidationError, source: str) -> s
         key = ".".join(loc) or "(top level)"
         if item["type"] == "extra_forbidden":
             valid = _valid_keys(schema, item["loc"][:-1])
-            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.4)
-            if not close:  # `train.lr` is really `train.optim.lr`: look one level down
-                nested = _nested_keys(schema, item["loc"][:-1], valid)
-                close = difflib.get_close_matches(loc[-1], nested, n=1, cutoff=0.6)
-                close = [nested[close[0]]] if close else []
-            hint = f" (did you mean '{'.'.join(loc[:-1] + close)}'?)" if close else ""
+            close = _closest_key(loc[-1], valid, _nested_keys(schema, item["loc"][:-1], valid))
+            hint = f" (did you mean '{'.'.join([*loc[:-1], close])}'?)" if close else ""
             problems.append(f"unknown key '{key}'{hint}; valid keys here: {', '.join(valid)}")
         elif item["type"] == "missing":
             problems.append(f"'{key}' is required")
@@ -332,6 +349,15 @@ def _describe(schema: type[BaseModel], error: ValidationError, source: str) -> s
             shown = "" if isinstance(got, dict) else f" (got {got!r})"
             problems.append(f"'{key}': {msg}{shown}")
     return f"{source}: " + "; ".join(problems[:3])
+
+
+def _closest_key(key: str, here: list[str], nested: dict[str, str]) -> str | None:
+    """The valid key most like ``key``: one of this section's, or one a level down (``lr`` ->
+    ``optim.lr``), whichever is more alike; None when nothing is close."""
+    scored = [(difflib.SequenceMatcher(None, key, k).ratio(), k) for k in here]
+    scored += [(difflib.SequenceMatcher(None, key, k).ratio() - 0.05, path) for k, path in nested.items()]
+    best = max(scored, default=(0.0, None))
+    return best[1] if best[0] >= 0.6 else None
 
 
 def _nested_keys(schema: type[BaseModel], loc: tuple[Any, ...], valid: list[str]) -> dict[str, str]:

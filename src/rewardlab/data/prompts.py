@@ -71,7 +71,7 @@ def prompt_source(
             kind="prompt",
             required_columns=required_columns or [],
             skip_bad_rows=data.skip_bad_rows,
-            split=data.split,
+            split=data.eval_split or data.split,
         )
         heldout = [_rendered(row, tokenizer) for row in held.rows[: data.heldout_size]]
         skipped += len(held.skipped)
@@ -91,14 +91,14 @@ def demonstrations(data: DataConfig, tokenizer: Any, seed: int) -> tuple[list[Ro
     """SFT pairs ``{"prompt", "completion"}`` and how many bad rows were skipped.
 
     From a task: ``data.num_examples`` problems of its ``sft`` stream, a fixed demo set. From
-    a dataset: every row (``data.num_examples`` caps it).
+    a dataset: every row.
     """
     if data.task is not None:
         if data.num_examples is None:
             raise ConfigError("data.num_examples: SFT on a task needs the size of the demo set")
         task = make_task(data.task, data.task_args)
         rows = [
-            task.train_problem(i, seed=seed, stream="sft").row() for i in range(data.num_examples)
+            task.train_problem(i, seed=seed, stream="sft").demonstration() for i in range(data.num_examples)
         ]
         return rows, 0
     assert data.path is not None
@@ -107,6 +107,4 @@ def demonstrations(data: DataConfig, tokenizer: Any, seed: int) -> tuple[list[Ro
         {"prompt": render_prompt(row, tokenizer), "completion": render_completion(row, tokenizer)}
         for row in loaded.rows
     ]
-    if data.num_examples is not None:
-        pairs = pairs[: data.num_examples]
     return pairs, len(loaded.skipped)

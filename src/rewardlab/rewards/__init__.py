@@ -11,7 +11,7 @@ The online trainer's use, top to bottom::
 from rewardlab.rewards.builtin import REWARD_FACTORIES, RewardFn
 from rewardlab.rewards.combine import combine_rewards, reward_metrics
 from rewardlab.rewards.loading import RewardSource, build_reward_sources
-from rewardlab.rewards.scoring import score_completions
+from rewardlab.rewards.scoring import drain_failure_counts, score_completions
 
 __all__ = [
     "REWARD_FACTORIES",
@@ -19,6 +19,7 @@ __all__ = [
     "RewardSource",
     "build_reward_sources",
     "combine_rewards",
+    "drain_failure_counts",
     "reward_metrics",
     "score_completions",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -103,3 +104,16 @@ def _one_score(name: str, row: int, value: Any) -> float:
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def drain_failure_counts(sources: Sequence[RewardSource]) -> dict[str, float]:
+    """``reward/<name>/failed_<reason>`` counts since the last call, from rewards that count
+    the rows they could not really score (math_verify: timeouts, unparsable references,
+    completions without an answer); the counters restart at zero."""
+    out: dict[str, float] = {}
+    for source in sources:
+        failures = getattr(source.fn, "failures", None)
+        if isinstance(failures, Counter):
+            out |= {f"reward/{source.name}/failed_{k}": float(v) for k, v in failures.items()}
+            failures.clear()
+    return out

@@ -10,11 +10,39 @@ from pathlib import Path
 
 import torch
 
-from rewardlab.config import OptimConfig, Section, dump_config
+from rewardlab.config import (
+    OptimConfig,
+    RunConfig,
+    Section,
+    apply_override,
+    dump_config,
+    load_yaml,
+    parse_config,
+)
 from rewardlab.errors import RewardlabError
 
 CONFIG_FILE = "config.yaml"
 FINAL_MODEL = "final"
+
+
+def run_config_of_folder(run_dir: Path, overrides: list[str]) -> RunConfig:
+    """A config that evaluates the final model of a run folder (an RL or an SFT run) on the
+    run's own held-out prompts and rewards; ``overrides`` apply last."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise RewardlabError(f"{run_dir}: not a run folder (no {CONFIG_FILE}); pass a YAML config")
+    if not (run_dir / FINAL_MODEL / "config.json").is_file():
+        raise RewardlabError(
+            f"{run_dir}: the run has no {FINAL_MODEL}/ model yet (it is written when training "
+            "ends); evaluate a checkpoint's run after it finishes, or pass --model"
+        )
+    saved = load_yaml(path)
+    shared = {k: saved[k] for k in ("seed", "model", "data", "rewards", "rollout", "eval") if k in saved}
+    # final/ has any LoRA adapter merged in; a fresh adapter around it would be wasted work.
+    shared["model"] = {**shared.get("model", {}), "name": str(run_dir / FINAL_MODEL), "lora": None}
+    for assignment in overrides:
+        apply_override(shared, assignment)
+    return parse_config(RunConfig, shared, str(path))
 
 
 def seed_everything(seed: int) -> None:
@@ -29,26 +57,40 @@ def step_seed(seed: int, step: int, salt: int = 0) -> int:
 
 
 def make_run_dir(run_dir: str | None, kind: str, *, resume: bool = False) -> Path:
-    """The run folder: the configured one, or ``runs/<kind>-<timestamp>``.
+    """The run folder: the configured one, or ``runs/<kind>-<timestamp>``. Not created here:
+    ``save_run_config`` creates it once the run has loaded, so a start-up error leaves nothing.
 
-    A new run refuses a folder that already holds a run, so nothing a user has is
-    overwritten; resuming requires one.
+    A new run refuses a folder that holds a run with progress (steps logged, a checkpoint, a
+    final model), so nothing a user has is overwritten; a folder from a run that failed before
+    its first step is reused. Resuming requires a run folder.
     """
     path = Path(run_dir) if run_dir else Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     if resume:
         if not (path / CONFIG_FILE).is_file():
             raise RewardlabError(f"--resume {path}: not a run folder (no {CONFIG_FILE} in it)")
         return path
-    if (path / CONFIG_FILE).exists():
+    if has_progress(path):
         raise RewardlabError(
             f"run_dir {path} already holds a run; resume it with --resume {path}, "
             "or choose another run_dir (--set run_dir=...)"
         )
-    path.mkdir(parents=True, exist_ok=True)
     return path
 
 
+def has_progress(path: Path) -> bool:
+    """Whether ``path`` holds work worth keeping: a trained step, a checkpoint, a final model."""
+    from rewardlab.checkpoint import list_checkpoints
+    from rewardlab.tracking import METRICS_FILENAME, read_metrics
+
+    if list_checkpoints(path) or (path / FINAL_MODEL).exists():
+        return True
+    metrics = path / METRICS_FILENAME
+    return metrics.is_file() and any(r["step"] > 0 for r in read_metrics(metrics))
+
+
 def save_run_config(config: Section, run_dir: Path) -> None:
+    """Create the run folder if needed and write the fully resolved config into it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, run_dir / CONFIG_FILE)
 
 

@@ -94,7 +94,7 @@ def evaluate(
             pass_at_k(n, int(c), config.pass_k) for c in hits
         ) / len(rows)
     samples = [
-        {"prompt": row["prompt"], "completion": text, "reward": float(r), **_extra(row)}
+        {**_extra(row), "prompt": row["prompt"], "completion": text, "reward": float(r)}
         for row, text, r in zip(rows, completions, greedy_rewards.tolist(), strict=True)
     ][:num_samples_saved]
     return EvalResult(metrics, samples)

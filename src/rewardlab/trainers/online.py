@@ -37,6 +37,7 @@ from rewardlab.rewards import (
     RewardSource,
     build_reward_sources,
     combine_rewards,
+    drain_failure_counts,
     reward_metrics,
     score_completions,
 )
@@ -95,8 +96,7 @@ def train(
     start = 0
     if resume is not None:
         start = load_checkpoint(latest_checkpoint(run_dir), policy, optimizer, scheduler).step
-    else:
-        save_run_config(config, run_dir)
+    save_run_config(config, run_dir)  # on resume too: it may run longer than first planned
     sinks = make_sinks(
         config.logging.sinks,
         run_dir,
@@ -120,7 +120,7 @@ def train(
             scores = score(batch, rows, tokenizer, sources, config.rollout.num_generations)
             batch.advantages = estimate_advantages(batch, config)
             metrics = update(policy, reference, optimizer, scheduler, batch, config, step)
-            metrics |= rollout_metrics(batch, scores, config)
+            metrics |= rollout_metrics(batch, scores, config) | drain_failure_counts(sources)
             metrics |= {"time/rollout": t1 - t0, "time/step": time.perf_counter() - t0}
             if _due(step, config.eval.every, steps):
                 t2 = time.perf_counter()
@@ -155,12 +155,16 @@ def check_resumable(config: RunConfig, run_dir: Path) -> None:
         k for k in saved.keys() | given.keys()
         if saved.get(k) != given.get(k) and not k.startswith(_RESUME_MAY_CHANGE)
     )
+    decaying = saved.get("train.optim.schedule") != "constant"
+    if decaying and saved.get("train.steps") != given.get("train.steps"):
+        changed.append("train.steps")  # a decaying learning rate depends on the run's length
     if changed:
         shown = ", ".join(f"{k} ({saved.get(k)!r} -> {given.get(k)!r})" for k in changed[:4])
         raise RewardlabError(
             f"--resume {run_dir}: the config differs from the run's own {CONFIG_FILE} in {shown}; "
-            "resume without a CONFIG argument to use the run's settings (train.steps, eval.every, "
-            "checkpoint.* and logging.* may change)"
+            "resume with the run's own settings (no CONFIG argument and no --set of these keys; "
+            "train.steps with a constant learning rate, eval.every, checkpoint.* and logging.* "
+            "may change)"
         )
 
 

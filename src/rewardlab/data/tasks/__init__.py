@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from rewardlab.data.tasks.base import Problem, Task
@@ -22,11 +23,21 @@ def make_task(name: str, args: dict[str, Any]) -> Task:
             f"data.task: unknown task '{name}'{did_you_mean(name, TASKS)}; "
             f"choose one of: {', '.join(sorted(TASKS))}"
         )
+    valid = {
+        p.name: p.default
+        for p in inspect.signature(TASKS[name].__init__).parameters.values()
+        if p.name != "self"
+    }
+    for key in args:
+        if key not in valid:
+            shown = ", ".join(f"{k} (default {v!r})" for k, v in valid.items())
+            raise ConfigError(
+                f"data.task_args.{key}: task '{name}' has no arg '{key}'"
+                f"{did_you_mean(key, valid)}; its args are: {shown}"
+            )
     try:
         return TASKS[name](**args)
-    except TypeError as e:
-        raise ConfigError(f"data.task_args: {e}") from None
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise ConfigError(f"data.task_args: {e}") from None
 
 

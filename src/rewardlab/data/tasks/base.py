@@ -21,8 +21,12 @@ class Problem:
     answer: str
 
     def row(self) -> dict[str, str]:
-        """As a dataset row: the prompt, the reference answer, and a demonstration."""
-        return {"prompt": self.prompt, "answer": self.answer, "completion": self.answer}
+        """As a prompt row: the prompt and the reference answer (the verifier's column)."""
+        return {"prompt": self.prompt, "answer": self.answer}
+
+    def demonstration(self) -> dict[str, str]:
+        """As an SFT pair: the prompt and the reference answer as the completion to learn."""
+        return {"prompt": self.prompt, "completion": self.answer}
 
 
 class Task(ABC):
