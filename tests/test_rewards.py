@@ -429,5 +429,5 @@ def test_math_verify_failure_counts_are_drained_as_metrics() -> None:
 
     sources = build_reward_sources([RewardSpec(name="math_verify")], None)
     score_completions(sources, ["q", "q"], ["no answer here", "\\boxed{3}"], {"answer": ["3", "3"]})
-    assert drain_failure_counts(sources) == {"reward/math_verify/failed_no_answer": 1.0}
+    assert drain_failure_counts(sources) == {"failures/math_verify/no_answer": 1.0}
     assert drain_failure_counts(sources) == {}

@@ -113,7 +113,8 @@ def latest_checkpoint(run_dir: Path) -> Path:
     if not found:
         raise RewardlabError(
             f"--resume {run_dir}: the run has no checkpoint yet (nothing in {run_dir / CHECKPOINTS}); "
-            "start it again without --resume, or set checkpoint.every to save more often"
+            "start it again without --resume (its logged steps will be replaced), and set "
+            "checkpoint.every to save more often"
         )
     return found[-1]
 

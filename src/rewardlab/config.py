@@ -357,7 +357,7 @@ def _closest_key(key: str, here: list[str], nested: dict[str, str]) -> str | Non
     scored = [(difflib.SequenceMatcher(None, key, k).ratio(), k) for k in here]
     scored += [(difflib.SequenceMatcher(None, key, k).ratio() - 0.05, path) for k, path in nested.items()]
     best = max(scored, default=(0.0, None))
-    return best[1] if best[0] >= 0.6 else None
+    return best[1] if best[0] >= 0.7 else None
 
 
 def _nested_keys(schema: type[BaseModel], loc: tuple[Any, ...], valid: list[str]) -> dict[str, str]:

@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from rewardlab.config import RunConfig, SFTConfig, load_config
+from rewardlab.errors import RewardlabError
 from rewardlab.tracking.progress import ProgressView
 from rewardlab.trainers.common import FINAL_MODEL
 from rewardlab.trainers.online import train
@@ -33,6 +34,8 @@ def run_quickstart(
     """Run SFT then GRPO under ``root``; returns the summary the CLI can write as JSON."""
     started = time.perf_counter()
     root = root or Path("runs") / f"quickstart-{time.strftime('%Y%m%d-%H%M%S')}"
+    if root.exists() and any(root.iterdir()):
+        raise RewardlabError(f"--run-dir {root} is not empty; choose a new folder for the quickstart")
     common = [f"seed={seed}"]
     sft_cfg = load_config(
         SFTConfig, packaged_config("quickstart_sft.yaml"), [*common, f"run_dir={root / 'sft'}"]

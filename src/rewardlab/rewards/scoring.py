@@ -107,13 +107,13 @@ def _show(value: Any) -> str:
 
 
 def drain_failure_counts(sources: Sequence[RewardSource]) -> dict[str, float]:
-    """``reward/<name>/failed_<reason>`` counts since the last call, from rewards that count
+    """``failures/<name>/<reason>`` counts since the last call, from rewards that count
     the rows they could not really score (math_verify: timeouts, unparsable references,
     completions without an answer); the counters restart at zero."""
     out: dict[str, float] = {}
     for source in sources:
         failures = getattr(source.fn, "failures", None)
         if isinstance(failures, Counter):
-            out |= {f"reward/{source.name}/failed_{k}": float(v) for k, v in failures.items()}
+            out |= {f"failures/{source.name}/{k}": float(v) for k, v in failures.items()}
             failures.clear()
     return out

@@ -44,8 +44,7 @@ class ProgressView:
         self._latest: dict[str, float] = {}
 
     def __enter__(self) -> Self:
-        self._progress.start()
-        return self
+        return self  # the bar appears at start(): a run that fails to load shows none
 
     def __exit__(
         self,
@@ -53,9 +52,11 @@ class ProgressView:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._progress.stop()
+        if self._task is not None:
+            self._progress.stop()
 
     def start(self, done: int, total: int) -> None:
+        self._progress.start()
         self._task = self._progress.add_task(self.label, total=total, completed=done, live="")
 
     def step(self, step: int, metrics: dict[str, float]) -> None:

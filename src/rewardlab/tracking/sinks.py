@@ -378,6 +378,12 @@ def _validate_names(names: Iterable[str]) -> list[str]:
     return ordered
 
 
+def check_sinks(names: list[str]) -> None:
+    """Fail early, before a run writes anything, on an unknown sink or a missing package."""
+    for name in _validate_names(names)[1:]:
+        _require(_REQUIREMENTS[name][0], _REQUIREMENTS[name][1])
+
+
 def make_sinks(
     names: list[str],
     run_dir: Path | str,
@@ -392,9 +398,8 @@ def make_sinks(
     (default "rewardlab"). Every missing package is reported before any file is touched.
     """
     run_dir = Path(run_dir)
+    check_sinks(names)
     ordered = _validate_names(names)
-    for name in ordered[1:]:
-        _require(_REQUIREMENTS[name][0], _REQUIREMENTS[name][1])
 
     sinks: list[MetricSink] = []
     try:

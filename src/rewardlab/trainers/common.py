@@ -31,13 +31,18 @@ def run_config_of_folder(run_dir: Path, overrides: list[str]) -> RunConfig:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise RewardlabError(f"{run_dir}: not a run folder (no {CONFIG_FILE}); pass a YAML config")
-    if not (run_dir / FINAL_MODEL / "config.json").is_file():
+    model_given = any(a.startswith("model.name=") for a in overrides)
+    if not model_given and not (run_dir / FINAL_MODEL / "config.json").is_file():
         raise RewardlabError(
             f"{run_dir}: the run has no {FINAL_MODEL}/ model yet (it is written when training "
             "ends); evaluate a checkpoint's run after it finishes, or pass --model"
         )
     saved = load_yaml(path)
     shared = {k: saved[k] for k in ("seed", "model", "data", "rewards", "rollout", "eval") if k in saved}
+    data = shared.get("data", {})
+    if data.get("eval_path"):  # the run's held-out rows came from its eval file
+        split = data.get("eval_split") or data.get("split", "train")
+        shared["data"] = {**data, "path": data["eval_path"], "eval_path": None, "split": split}
     # final/ has any LoRA adapter merged in; a fresh adapter around it would be wasted work.
     shared["model"] = {**shared.get("model", {}), "name": str(run_dir / FINAL_MODEL), "lora": None}
     for assignment in overrides:
@@ -60,9 +65,9 @@ def make_run_dir(run_dir: str | None, kind: str, *, resume: bool = False) -> Pat
     """The run folder: the configured one, or ``runs/<kind>-<timestamp>``. Not created here:
     ``save_run_config`` creates it once the run has loaded, so a start-up error leaves nothing.
 
-    A new run refuses a folder that holds a run with progress (steps logged, a checkpoint, a
-    final model), so nothing a user has is overwritten; a folder from a run that failed before
-    its first step is reused. Resuming requires a run folder.
+    A new run refuses a folder that holds a checkpoint or a final model, so nothing a user can
+    resume or use is overwritten; a folder from a run that failed before its first checkpoint
+    is reused. Resuming requires a run folder.
     """
     path = Path(run_dir) if run_dir else Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     if resume:
@@ -78,14 +83,12 @@ def make_run_dir(run_dir: str | None, kind: str, *, resume: bool = False) -> Pat
 
 
 def has_progress(path: Path) -> bool:
-    """Whether ``path`` holds work worth keeping: a trained step, a checkpoint, a final model."""
+    """Whether ``path`` holds work that a new run would destroy: a checkpoint (resumable) or a
+    final model. Logged steps without a checkpoint cannot be resumed, so starting again is the
+    only way on and is allowed."""
     from rewardlab.checkpoint import list_checkpoints
-    from rewardlab.tracking import METRICS_FILENAME, read_metrics
 
-    if list_checkpoints(path) or (path / FINAL_MODEL).exists():
-        return True
-    metrics = path / METRICS_FILENAME
-    return metrics.is_file() and any(r["step"] > 0 for r in read_metrics(metrics))
+    return bool(list_checkpoints(path)) or (path / FINAL_MODEL).exists()
 
 
 def save_run_config(config: Section, run_dir: Path) -> None:

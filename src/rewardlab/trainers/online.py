@@ -42,7 +42,7 @@ from rewardlab.rewards import (
     score_completions,
 )
 from rewardlab.rollout.hf import SamplingParams, decode_completions, generate
-from rewardlab.tracking import close_all, make_sinks, write_report
+from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     CONFIG_FILE,
     FINAL_MODEL,
@@ -96,6 +96,7 @@ def train(
     start = 0
     if resume is not None:
         start = load_checkpoint(latest_checkpoint(run_dir), policy, optimizer, scheduler).step
+    check_sinks(config.logging.sinks)
     save_run_config(config, run_dir)  # on resume too: it may run longer than first planned
     sinks = make_sinks(
         config.logging.sinks,
@@ -117,6 +118,7 @@ def train(
             rows = prompts.train_rows(step - 1, config.train.prompts_per_step)
             batch = rollout(policy, tokenizer, rows, config)
             t1 = time.perf_counter()
+            drain_failure_counts(sources)  # what evaluation left in the counters is not this step's
             scores = score(batch, rows, tokenizer, sources, config.rollout.num_generations)
             batch.advantages = estimate_advantages(batch, config)
             metrics = update(policy, reference, optimizer, scheduler, batch, config, step)

@@ -19,7 +19,7 @@ from rewardlab.config import SFTConfig
 from rewardlab.data.prompts import Row, demonstrations, prompt_source
 from rewardlab.models.loading import export_model, load_policy
 from rewardlab.rewards import build_reward_sources
-from rewardlab.tracking import close_all, make_sinks, write_report
+from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
     clip_and_step,
@@ -95,6 +95,7 @@ def train_sft(
     per_epoch = -(-len(examples) // config.train.batch_size)
     total = config.train.epochs * per_epoch
     scheduler = make_scheduler(optimizer, config.train.optim, total)
+    check_sinks(config.logging.sinks)
     save_run_config(config, run_dir)
     evaluator = _evaluator(config, tokenizer, run_dir)
     sinks = make_sinks(config.logging.sinks, run_dir, config.model_dump(mode="json"))
@@ -157,7 +158,8 @@ def _evaluator(
         return None
     data = config.data
     if config.data.eval_path is not None:  # evaluate on the eval file's first rows
-        data = data.model_copy(update={"path": config.data.eval_path, "eval_path": None})
+        split = config.data.eval_split or config.data.split
+        data = data.model_copy(update={"path": config.data.eval_path, "eval_path": None, "split": split})
     rows: list[Row] = prompt_source(data, tokenizer, config.seed).heldout_rows
     sources = build_reward_sources(config.rewards, data_task(config))
 
