@@ -24,8 +24,8 @@ from rewardlab.algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY
 from rewardlab.batch import RolloutBatch
 from rewardlab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rewardlab.config import RunConfig, load_config
-from rewardlab.errors import RewardlabError
 from rewardlab.data.prompts import PromptSource, Row, prompt_source
+from rewardlab.errors import RewardlabError
 from rewardlab.models.loading import export_model, is_lora, load_policy
 from rewardlab.models.logprobs import (
     batch_logprobs,
