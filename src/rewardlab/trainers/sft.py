@@ -107,7 +107,7 @@ def train_sft(
     try:
         if evaluator:
             result.first_eval = evaluator(model, 0)
-            _log(sinks, 0, result.first_eval, on_step)
+            _log(sinks, 0, result.first_eval, None)  # not live: it would sit on the bar all run
         started = time.perf_counter()  # max_seconds counts training, not the first evaluation
         model.train()
         for _epoch in range(config.train.epochs):
