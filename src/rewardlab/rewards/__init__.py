@@ -11,7 +11,7 @@ The online trainer's use, top to bottom::
 from rewardlab.rewards.builtin import REWARD_FACTORIES, RewardFn
 from rewardlab.rewards.combine import combine_rewards, reward_metrics
 from rewardlab.rewards.loading import RewardSource, build_reward_sources
-from rewardlab.rewards.scoring import drain_failure_counts, score_completions
+from rewardlab.rewards.scoring import drain_failure_counts, score_completions, score_rows
 
 __all__ = [
     "REWARD_FACTORIES",
@@ -22,4 +22,5 @@ __all__ = [
     "drain_failure_counts",
     "reward_metrics",
     "score_completions",
+    "score_rows",
 ]

@@ -117,3 +117,17 @@ def drain_failure_counts(sources: Sequence[RewardSource]) -> dict[str, float]:
             out |= {f"failures/{source.name}/{k}": float(v) for k, v in failures.items()}
             failures.clear()
     return out
+
+
+def score_rows(
+    sources: Sequence[RewardSource],
+    rows: Sequence[Mapping[str, Any]],
+    completions: list[str],
+    repeat: int,
+) -> dict[str, torch.Tensor]:
+    """Score ``repeat`` consecutive completions per row (``{"prompt", **columns}``): each
+    row's prompt and columns are repeated to line up with its completions."""
+    prompts = [row["prompt"] for row in rows for _ in range(repeat)]
+    names = {k for row in rows for k in row if k != "prompt"}
+    columns = {k: [row.get(k) for row in rows for _ in range(repeat)] for k in sorted(names)}
+    return score_completions(sources, prompts, completions, columns)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -48,6 +49,19 @@ def run_config_of_folder(run_dir: Path, overrides: list[str]) -> RunConfig:
     for assignment in overrides:
         apply_override(shared, assignment)
     return parse_config(RunConfig, shared, str(path))
+
+
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+def log_metrics(
+    sinks: list[Any], step: int, metrics: dict[str, float], on_step: StepCallback | None
+) -> None:
+    """Send one step's metrics to every sink, then to the caller's progress callback."""
+    for sink in sinks:
+        sink.log(step, metrics)
+    if on_step:
+        on_step(step, metrics)
 
 
 def seed_everything(seed: int) -> None:

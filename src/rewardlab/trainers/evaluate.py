@@ -13,7 +13,7 @@ import torch
 
 from rewardlab.config import EvalConfig
 from rewardlab.data.prompts import Row
-from rewardlab.rewards import RewardSource, combine_rewards, score_completions
+from rewardlab.rewards import RewardSource, combine_rewards, score_rows
 from rewardlab.rollout.hf import SamplingParams, decode_completions, generate
 
 
@@ -34,16 +34,10 @@ class EvalResult:
     samples: list[dict[str, Any]]
 
 
-def _columns(rows: list[Row], repeat: int) -> dict[str, list[Any]]:
-    names = {k for row in rows for k in row if k != "prompt"}
-    return {name: [row.get(name) for row in rows for _ in range(repeat)] for name in names}
-
-
 def _rewards(
     sources: list[RewardSource], rows: list[Row], completions: list[str], repeat: int
 ) -> torch.Tensor:
-    prompts = [row["prompt"] for row in rows for _ in range(repeat)]
-    scores = score_completions(sources, prompts, completions, _columns(rows, repeat))
+    scores = score_rows(sources, rows, completions, repeat)
     return combine_rewards(scores, {s.name: s.weight for s in sources})
 
 

@@ -39,14 +39,16 @@ from rewardlab.rewards import (
     combine_rewards,
     drain_failure_counts,
     reward_metrics,
-    score_completions,
+    score_rows,
 )
 from rewardlab.rollout.hf import SamplingParams, decode_completions, generate
 from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     CONFIG_FILE,
     FINAL_MODEL,
+    StepCallback,
     clip_and_step,
+    log_metrics,
     make_optimizer,
     make_run_dir,
     make_scheduler,
@@ -55,8 +57,6 @@ from rewardlab.trainers.common import (
     step_seed,
 )
 from rewardlab.trainers.evaluate import evaluate, write_samples
-
-StepCallback = Callable[[int, dict[str, float]], None]
 
 
 @dataclass
@@ -111,7 +111,7 @@ def train(
     try:
         if start == 0:
             result.first_eval = run_eval(policy, tokenizer, prompts, sources, config, run_dir, 0)
-            _log(sinks, 0, result.first_eval, on_step)
+            log_metrics(sinks, 0, result.first_eval, on_step)
         for step in range(start + 1, steps + 1):
             t0 = time.perf_counter()
             torch.manual_seed(step_seed(config.seed, step))
@@ -129,7 +129,7 @@ def train(
                 ev = run_eval(policy, tokenizer, prompts, sources, config, run_dir, step)
                 metrics |= ev | {"time/eval": time.perf_counter() - t2}
                 result.last_eval = ev
-            _log(sinks, step, metrics, on_step)
+            log_metrics(sinks, step, metrics, on_step)
             if _due(step, config.checkpoint.every, steps):
                 save_checkpoint(
                     run_dir, policy, optimizer, scheduler, step, {}, config.checkpoint.keep
@@ -190,13 +190,6 @@ def _due(step: int, every: int, last: int) -> bool:
     return step == last or (every > 0 and step % every == 0)
 
 
-def _log(sinks: list[Any], step: int, metrics: dict[str, float], on_step: StepCallback | None) -> None:
-    for sink in sinks:
-        sink.log(step, metrics)
-    if on_step:
-        on_step(step, metrics)
-
-
 def _required_columns(config: RunConfig) -> list[str]:
     """Dataset columns the configured built-in rewards read (checked up front)."""
     needs = {"exact_match", "math_verify"}
@@ -221,11 +214,7 @@ def score(
     batch: RolloutBatch, rows: list[Row], tokenizer: Any, sources: list[RewardSource], n: int
 ) -> dict[str, torch.Tensor]:
     """Score every completion with every reward source; sets ``batch.rewards`` (weighted)."""
-    completions = decode_completions(tokenizer, batch)
-    prompts = [row["prompt"] for row in rows for _ in range(n)]
-    names = {k for row in rows for k in row if k != "prompt"}
-    columns = {k: [row.get(k) for row in rows for _ in range(n)] for k in names}
-    scores = score_completions(sources, prompts, completions, columns)
+    scores = score_rows(sources, rows, decode_completions(tokenizer, batch), n)
     batch.scores = scores
     batch.rewards = combine_rewards(scores, {s.name: s.weight for s in sources})
     return scores
@@ -364,9 +353,10 @@ def run_eval(
     prompts: PromptSource,
     sources: list[RewardSource],
     config: RunConfig,
-    run_dir: Path,
+    run_dir: Path | None,
     step: int,
 ) -> dict[str, float]:
+    """Held-out metrics at ``step``; with a ``run_dir``, sample completions are saved too."""
     result = evaluate(
         policy,
         tokenizer,
@@ -377,7 +367,7 @@ def run_eval(
         seed=step_seed(config.seed, step, salt=2),
         num_samples_saved=config.logging.samples,
     )
-    if config.logging.samples:
+    if run_dir is not None and config.logging.samples:
         write_samples(run_dir, step, result.samples)
     return result.metrics
 
@@ -388,13 +378,4 @@ def evaluate_config(config: RunConfig) -> dict[str, float]:
     policy, tokenizer = load_policy(config.model, seed=config.seed)
     prompts = prompt_source(config.data, tokenizer, config.seed, _required_columns(config))
     sources = build_reward_sources(config.rewards, prompts.task)
-    result = evaluate(
-        policy,
-        tokenizer,
-        prompts.heldout_rows,
-        sources,
-        config.eval,
-        config.rollout.max_new_tokens,
-        seed=step_seed(config.seed, 0, salt=2),
-    )
-    return result.metrics
+    return run_eval(policy, tokenizer, prompts, sources, config, None, 0)

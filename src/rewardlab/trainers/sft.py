@@ -23,6 +23,7 @@ from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
     clip_and_step,
+    log_metrics,
     make_optimizer,
     make_run_dir,
     make_scheduler,
@@ -107,7 +108,7 @@ def train_sft(
     try:
         if evaluator:
             result.first_eval = evaluator(model, 0)
-            _log(sinks, 0, result.first_eval, None)  # not live: it would sit on the bar all run
+            log_metrics(sinks, 0, result.first_eval, None)  # not live: it would sit on the bar all run
         started = time.perf_counter()  # max_seconds counts training, not the first evaluation
         model.train()
         for _epoch in range(config.train.epochs):
@@ -122,7 +123,7 @@ def train_sft(
                 metrics = {"loss": float(loss.detach()), "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0]}
                 if evaluator and config.eval.every and step % config.eval.every == 0:
                     metrics |= evaluator(model, step)
-                _log(sinks, step, metrics, on_step)
+                log_metrics(sinks, step, metrics, on_step)
                 if _out_of_time(started, config.train.max_seconds):
                     break
             if _out_of_time(started, config.train.max_seconds):
@@ -131,7 +132,7 @@ def train_sft(
         result.steps = step
         if evaluator:
             result.last_eval = evaluator(model, step)
-            _log(sinks, step, result.last_eval, None)
+            log_metrics(sinks, step, result.last_eval, None)
     finally:
         close_all(sinks)
     export_model(model, tokenizer, run_dir / FINAL_MODEL)
@@ -141,13 +142,6 @@ def train_sft(
 
 def _out_of_time(started: float, limit: float | None) -> bool:
     return limit is not None and time.perf_counter() - started >= limit
-
-
-def _log(sinks: list[Any], step: int, metrics: dict[str, float], on_step: Any) -> None:
-    for sink in sinks:
-        sink.log(step, metrics)
-    if on_step:
-        on_step(step, metrics)
 
 
 def _evaluator(
