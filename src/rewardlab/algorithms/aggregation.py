@@ -60,3 +60,18 @@ def seq_mean_token_sum_norm(
     length bias that favours long wrong answers."""
     constant = float(norm_len) if norm_len is not None else float(max_len)
     return (loss * mask).sum() / (total_seqs * constant)
+
+
+@AGGREGATIONS.register(
+    "seq_mean_token_sum",
+    paper="Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human "
+    "Feedback in LLMs (the whole completion as one action)",
+    arxiv="2402.14740",
+    formula="L = (1/N) sum_i sum_t m_it * l_it",
+)
+def seq_mean_token_sum(loss: torch.Tensor, mask: torch.Tensor, total_seqs: float) -> torch.Tensor:
+    """Sum each sequence's token losses, then average over sequences: the sequence-level
+    REINFORCE objective, since sum_t logp_t = log pi(y) (RLOO treats the whole completion as one
+    action, arXiv 2402.14740); verl's "seq-mean-token-sum". Longer sequences weigh more; this is
+    ``seq_mean_token_sum_norm`` with C = 1."""
+    return (loss * mask).sum() / total_seqs

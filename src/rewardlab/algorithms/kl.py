@@ -31,3 +31,23 @@ def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     # expm1(x) - x == exp(x) - x - 1, without the cancellation that makes the naive form
     # negative and wrong by orders of magnitude in float32 for |x| < 1e-2 (where KL ~ x^2 / 2).
     return torch.expm1(log_ratio) - log_ratio
+
+
+@KL_ESTIMATORS.register("k2", paper=_PAPER, formula="k2 = 0.5 * (logp - ref_logp)^2")
+def k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k2 = (log r)^2 / 2: always >= 0 and low variance, but biased. Its expectation is the
+    f-divergence with f(x) = (log x)^2 / 2, which matches KL(pi || pi_ref) to second order when
+    the two policies are close (Schulman's note); verl calls it "mse"."""
+    return 0.5 * (logp - ref_logp).square()
+
+
+@KL_ESTIMATORS.register(
+    "abs",
+    paper="verl kl_penalty 'abs' (no paper); cf. Approximating KL Divergence (J. Schulman, 2020)",
+    formula="abs = abs(logp - ref_logp)",
+)
+def abs_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """|log r| = |logp - ref_logp|: the magnitude of k1, always >= 0. Not an unbiased KL
+    estimator: E[|log r|] >= |E[log r]| = KL, so it over-estimates. It is not in Schulman's
+    note; it is the "abs" KL penalty of verl, registered here under that name."""
+    return (logp - ref_logp).abs()

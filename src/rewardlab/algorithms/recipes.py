@@ -31,4 +31,51 @@ RECIPES: dict[str, dict[str, Any]] = {
         "kl": {"name": "k1", "coef": 0.0},
         "aggregation": {"name": "token_mean"},
     },
+    # REINFORCE++ (arXiv 2501.03262): whole-batch advantage normalization, PPO clip, token mean.
+    # The paper's KL penalty is folded into the reward; here the KL axis is present but off.
+    "reinforce_pp": {
+        "advantage": {"name": "reinforce_pp"},
+        "policy_loss": {"name": "ppo_clip", "params": {"clip_low": 0.2, "clip_high": 0.2}},
+        "kl": {"name": "k3", "coef": 0.0},
+        "aggregation": {"name": "token_mean"},
+    },
+    # Tricks or Traps? (arXiv 2508.08221), Lite PPO: group mean / batch std advantage,
+    # token-level aggregation, vanilla PPO clip, no critic.
+    "lite_ppo": {
+        "advantage": {"name": "lite_ppo"},
+        "policy_loss": {"name": "ppo_clip", "params": {"clip_low": 0.2, "clip_high": 0.2}},
+        "kl": {"name": "k3", "coef": 0.0},
+        "aggregation": {"name": "token_mean"},
+    },
+    # Group Sequence Policy Optimization (arXiv 2507.18071): sequence-level ratio and clipping
+    # (left / right ranges 3e-4 / 4e-4), mean over sequences, no KL.
+    "gspo": {
+        "advantage": {"name": "grpo"},
+        "policy_loss": {"name": "gspo", "params": {"clip_low": 3e-4, "clip_high": 4e-4}},
+        "kl": {"name": "k3", "coef": 0.0},
+        "aggregation": {"name": "seq_mean_token_mean"},
+    },
+    # MiniMax-M1 (arXiv 2506.13585): clipped, detached IS weight times REINFORCE, token mean.
+    "cispo": {
+        "advantage": {"name": "grpo"},
+        "policy_loss": {"name": "cispo"},
+        "kl": {"name": "k3", "coef": 0.0},
+        "aggregation": {"name": "token_mean"},
+    },
+    # DAPO (arXiv 2503.14476): clip-higher (0.2 / 0.28), token-level loss, no KL. Its dynamic
+    # sampling and overlong reward shaping arrive with the batch-filter / reward-transform axes.
+    "dapo": {
+        "advantage": {"name": "grpo"},
+        "policy_loss": {"name": "ppo_clip", "params": {"clip_low": 0.2, "clip_high": 0.28}},
+        "kl": {"name": "k3", "coef": 0.0},
+        "aggregation": {"name": "token_mean"},
+    },
+    # Geometric-Mean Policy Optimization (arXiv 2507.20673): geometric mean of token ratios,
+    # clipped per token in log space to (e^-0.4, e^0.4), mean over sequences, no KL.
+    "gmpo": {
+        "advantage": {"name": "grpo"},
+        "policy_loss": {"name": "gmpo", "params": {"clip_low": 0.4, "clip_high": 0.4}},
+        "kl": {"name": "k3", "coef": 0.0},
+        "aggregation": {"name": "seq_mean_token_mean"},
+    },
 }
