@@ -132,6 +132,8 @@ def test_save_to_disk_dataset_dict_splits(tmp_path):
     msg = data_error(folder, split="validation")
     assert f"dataset folder {folder} has no split 'validation'" in msg
     assert "its splits are bad, test, train" in msg and "data.split" in msg
+    msg = data_error(folder, split="validation", split_key="data.eval_split")
+    assert "so set data.eval_split to one of them" in msg
 
     msg = data_error(folder, split="bad")
     assert msg.startswith(f"{folder} (split 'bad'), row 2: field 'prompt' is empty")

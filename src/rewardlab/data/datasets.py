@@ -71,6 +71,7 @@ def load_rows(
     required_columns: Sequence[str] = (),
     skip_bad_rows: bool = False,
     split: str = "train",
+    split_key: str = "data.split",
 ) -> LoadedRows:
     """Read and validate every row of a local dataset.
 
@@ -82,6 +83,7 @@ def load_rows(
         skip_bad_rows: skip invalid rows (one message each in ``skipped``) instead of
             raising on the first one.
         split: which split to take from a saved ``DatasetDict`` folder; ignored otherwise.
+        split_key: the config key that chose ``split``, named when the split is missing.
 
     Raises:
         DataError: missing path, unsupported format, unreadable file, empty dataset, a bad
@@ -90,7 +92,7 @@ def load_rows(
     if kind not in ("prompt", "sft"):
         raise ValueError(f"kind must be 'prompt' or 'sft', got {kind!r}")
     source = str(path)
-    raw, label = _read_raw_rows(Path(path), source, split)
+    raw, label = _read_raw_rows(Path(path), source, split, split_key)
     if not raw:
         raise DataError(f"{label} has no rows; add at least one row to it.")
     _check_required_columns_exist(raw, label, required_columns)
@@ -115,13 +117,15 @@ def load_rows(
     return LoadedRows(rows=rows, source=source, skipped=skipped)
 
 
-def _read_raw_rows(path: Path, source: str, split: str) -> tuple[list[_RawRow], str]:
+def _read_raw_rows(
+    path: Path, source: str, split: str, split_key: str
+) -> tuple[list[_RawRow], str]:
     """Dispatch on the path's type; returns the records and a label for messages."""
     if not path.exists():
         where = "" if path.is_absolute() else f" (relative paths start from {Path.cwd()})"
         raise DataError(f"dataset path {source} does not exist; check the path{where}.")
     if path.is_dir():
-        return _read_saved_dataset(path, source, split)
+        return _read_saved_dataset(path, source, split, split_key)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return list(_read_jsonl(path)), source
@@ -198,7 +202,9 @@ def _read_parquet(path: Path, source: str) -> list[_RawRow]:
     return [_record(f"row {i}", value) for i, value in enumerate(table.to_pylist(), start=1)]
 
 
-def _read_saved_dataset(path: Path, source: str, split: str) -> tuple[list[_RawRow], str]:
+def _read_saved_dataset(
+    path: Path, source: str, split: str, split_key: str
+) -> tuple[list[_RawRow], str]:
     """A folder from ``save_to_disk``: a Dataset, or a DatasetDict from which ``split`` is taken."""
     is_dict = (path / _DATASET_DICT_MARKER).is_file()
     if not is_dict and not any((path / marker).is_file() for marker in _DATASET_MARKERS):
@@ -220,7 +226,7 @@ def _read_saved_dataset(path: Path, source: str, split: str) -> tuple[list[_RawR
             available = ", ".join(sorted(loaded)) or "(none)"
             raise DataError(
                 f"dataset folder {source} has no split '{split}'; its splits are {available}, "
-                "so set data.split to one of them."
+                f"so set {split_key} to one of them."
             )
         loaded = loaded[split]
         label = f"{source} (split '{split}')"

@@ -72,6 +72,7 @@ def prompt_source(
             required_columns=required_columns or [],
             skip_bad_rows=data.skip_bad_rows,
             split=data.eval_split or data.split,
+            split_key="data.eval_split" if data.eval_split else "data.split",
         )
         heldout = [_rendered(row, tokenizer) for row in held.rows[: data.heldout_size]]
         skipped += len(held.skipped)
