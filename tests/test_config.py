@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -382,3 +383,14 @@ def test_axis_override_with_another_entry_drops_the_recipe_params():
 def test_resolved_config_round_trips():
     cfg = load_config(RunConfig, None, ["algorithm.recipe=dr_grpo", "algorithm.kl.coef=0.1"])
     assert parse_config(RunConfig, cfg.model_dump(mode="json")) == cfg
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    + sorted((Path(__file__).parent.parent / "src" / "rewardlab" / "configs").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_shipped_configs_validate(path):
+    schema = SFTConfig if "sft" in path.name else RunConfig
+    load_config(schema, path)
