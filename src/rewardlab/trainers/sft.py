@@ -154,8 +154,9 @@ def _evaluator(
     if config.data.eval_path is not None:  # evaluate on the eval file's first rows
         split = config.data.eval_split or config.data.split
         data = data.model_copy(update={"path": config.data.eval_path, "eval_path": None, "split": split})
-    rows: list[Row] = prompt_source(data, tokenizer, config.seed).heldout_rows
-    sources = build_reward_sources(config.rewards, data_task(config))
+    source = prompt_source(data, tokenizer, config.seed)
+    rows: list[Row] = source.heldout_rows
+    sources = build_reward_sources(config.rewards, source.task)
 
     def run(model: Any, step: int) -> dict[str, float]:
         result = evaluate(
@@ -170,13 +171,7 @@ def _evaluator(
         )
         if config.logging.samples:
             write_samples(run_dir, step, result.samples)
-        model.train()
-        return result.metrics
+        return result.metrics  # generate() put the model back in training mode
 
     return run
 
-
-def data_task(config: SFTConfig) -> Any:
-    from rewardlab.data.tasks import make_task
-
-    return make_task(config.data.task, config.data.task_args) if config.data.task else None
