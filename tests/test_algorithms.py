@@ -490,7 +490,16 @@ def _all_entries():
 
 
 def test_every_axis_has_entries():
-    assert set(AXES) == {"advantage", "policy_loss", "kl", "aggregation"}
+    assert set(AXES) == {
+        "advantage",
+        "policy_loss",
+        "kl",
+        "aggregation",
+        "reward_transform",
+        "batch_filter",
+        "token_mask",
+        "correction",
+    }
     for axis, reg in AXES.items():
         assert reg.names(), axis
         assert reg.axis == axis
@@ -511,12 +520,16 @@ def test_entry_documents_its_paper(axis, entry):
     json.dumps(entry.summary())  # JSON-ready for `rewardlab list --json`
 
 
+_RECIPE_KEYS = {"reward_transforms": "reward_transform", "token_masks": "token_mask"}
+
+
 def test_recipes_name_registered_entries_with_valid_params():
     for recipe, preset in RECIPES.items():
-        for axis, choice in preset.items():
-            reg = AXES[axis]
-            assert choice["name"] in reg, (recipe, axis)
-            reg.check_params(choice["name"], choice.get("params", {}), f"{recipe}.{axis}")
+        for key, value in preset.items():
+            reg = AXES[_RECIPE_KEYS.get(key, key)]
+            for choice in value if isinstance(value, list) else [value]:
+                assert choice["name"] in reg, (recipe, key)
+                reg.check_params(choice["name"], choice.get("params", {}), f"{recipe}.{key}")
 
 
 def test_unknown_name_suggests_the_close_one():

@@ -87,8 +87,8 @@ def test_quickstart_meets_its_bar(tmp_path: Path) -> None:
     assert result["accuracy_after"] >= result["accuracy_before"] + 0.15, result
 
 
-def test_docs_catalogue_is_generated_from_the_registry() -> None:
+def test_docs_algorithms_is_generated_from_the_registry() -> None:
     from rewardlab.catalogue import markdown
 
-    page = (TESTS.parent / "docs" / "catalogue.md").read_text()
-    assert page == markdown(), "regenerate: python -m rewardlab.catalogue > docs/catalogue.md"
+    page = (TESTS.parent / "docs" / "algorithms.md").read_text()
+    assert page == markdown(), "regenerate: python -m rewardlab.catalogue > docs/algorithms.md"

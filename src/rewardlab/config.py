@@ -85,25 +85,89 @@ class AxisChoice(Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class NamedChoice(Section):
+    """One entry of a list axis (``reward_transforms``, ``token_masks``)."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class FilterChoice(AxisChoice):
+    """A batch filter; ``max_rounds`` bounds how many rollout rounds a step may take to refill
+    the batch with groups that pass (1 = no refill)."""
+
+    max_rounds: int | None = Field(None, ge=1)
+
+
 class KLChoice(Section):
-    """KL to the reference policy, added to the loss; unset fields keep the recipe's."""
+    """KL to the reference policy; unset fields keep the recipe's.
+
+    ``placement: loss`` adds coef * KL per token to the loss (GRPO); ``placement: reward``
+    subtracts it from the reward before the advantage (PPO-RLHF, REINFORCE++). A ``target``
+    makes the coefficient adaptive (Ziegler et al., arXiv 1909.08593); ``coef`` is its start.
+    """
 
     name: str | None = None
     coef: float | None = Field(None, ge=0.0)
+    placement: Literal["loss", "reward"] | None = None
+    target: float | None = Field(None, gt=0.0, description="adaptive: target KL per sequence")
+    horizon: int | None = Field(
+        None, ge=1, description="adaptive: completions over which the gap closes (as TRL/verl)"
+    )
+
+
+class EntropyConfig(Section):
+    """Entropy bonus ``-coef * H_t`` per token; with a ``target`` the coefficient adapts
+    (Skywork-OR1, arXiv 2505.22312): +delta while entropy is below target, -delta above."""
+
+    coef: float = Field(0.0, ge=0.0)
+    target: float | None = Field(None, gt=0.0)
+    delta: float = Field(0.005, gt=0.0)
+    max_coef: float | None = Field(None, gt=0.0)
+
+
+class CriticOptimConfig(Section):
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.99)
+
+
+class CriticConfig(Section):
+    """The value model, used when the advantage estimator reads ``values`` (``gae``): a copy
+    of the policy's network with a scalar head, trained alongside it with its own optimizer."""
+
+    optim: CriticOptimConfig = Field(default_factory=CriticOptimConfig)
+    value_clip: float | None = Field(0.2, gt=0.0, description="PPO value clipping; null = off")
+
+
+# config key -> registry axis, for the axes that are lists or may be absent
+_LIST_AXES = {"reward_transforms": "reward_transform", "token_masks": "token_mask"}
+_OPTIONAL_AXES = {"batch_filter": "batch_filter", "correction": "correction"}
 
 
 class AlgorithmConfig(Section):
-    """A recipe name plus optional per-axis overrides; unset axes come from the recipe."""
+    """A recipe name plus optional per-axis overrides; unset axes come from the recipe.
+
+    A list axis given in the config replaces the recipe's list; ``batch_filter: null`` or
+    ``correction: null`` switches off the recipe's.
+    """
 
     recipe: str = "grpo"
     advantage: AxisChoice | None = None
     policy_loss: AxisChoice | None = None
     kl: KLChoice | None = None
     aggregation: AxisChoice | None = None
+    reward_transforms: list[NamedChoice] | None = None
+    batch_filter: FilterChoice | None = None
+    token_masks: list[NamedChoice] | None = None
+    correction: AxisChoice | None = None
+    entropy: EntropyConfig = Field(default_factory=EntropyConfig)
+    critic: CriticConfig = Field(default_factory=CriticConfig)
 
     @model_validator(mode="after")
     def _resolve(self) -> AlgorithmConfig:
-        from rewardlab.algorithms import AXES, RECIPES
+        from rewardlab.algorithms import RECIPES
         from rewardlab.errors import did_you_mean
 
         if self.recipe not in RECIPES:
@@ -114,20 +178,47 @@ class AlgorithmConfig(Section):
         preset = RECIPES[self.recipe]
         for axis in ("advantage", "policy_loss", "aggregation"):
             setattr(self, axis, _merge_axis(getattr(self, axis), preset[axis]))
-        kl = self.kl or KLChoice()
-        self.kl = KLChoice(
-            name=kl.name or preset["kl"]["name"],
-            coef=preset["kl"]["coef"] if kl.coef is None else kl.coef,
-        )
+        self.kl = _merge_kl(self.kl, preset["kl"])
+        for key in _LIST_AXES:
+            if getattr(self, key) is None:
+                setattr(self, key, [NamedChoice(**c) for c in preset.get(key, [])])
+        switched_off = {k for k in _OPTIONAL_AXES if k in self.model_fields_set and getattr(self, k) is None}
+        if "correction" not in switched_off and preset.get("correction"):
+            self.correction = _merge_axis(self.correction, preset["correction"])
+        if "batch_filter" not in switched_off and preset.get("batch_filter"):
+            merged = _merge_axis(self.batch_filter, preset["batch_filter"])
+            rounds = self.batch_filter.max_rounds if self.batch_filter else None
+            self.batch_filter = FilterChoice(
+                name=merged.name,
+                params=merged.params,
+                max_rounds=rounds or preset["batch_filter"].get("max_rounds"),
+            )
+        if self.batch_filter is not None and self.batch_filter.max_rounds is None:
+            self.batch_filter.max_rounds = 1
         try:
-            for axis in ("advantage", "policy_loss", "aggregation"):
-                choice: AxisChoice = getattr(self, axis)
-                AXES[axis].check_params(choice.name, choice.params, f"algorithm.{axis}.params")
-            AXES["kl"].get(self.kl.name)
+            self._check_params()
         except RegistryError as e:
             # pydantic only wraps ValueError; re-raise so the message carries the key path.
             raise ValueError(str(e)) from None
         return self
+
+    def _check_params(self) -> None:
+        from rewardlab.algorithms import AXES
+
+        for axis in ("advantage", "policy_loss", "aggregation"):
+            choice: AxisChoice = getattr(self, axis)
+            AXES[axis].check_params(choice.name, choice.params, f"algorithm.{axis}.params")
+        assert self.kl is not None and self.kl.name is not None
+        AXES["kl"].get(self.kl.name)
+        for key, axis in _LIST_AXES.items():
+            for i, item in enumerate(getattr(self, key)):
+                AXES[axis].check_params(item.name, item.params, f"algorithm.{key}.{i}.params")
+        for key, axis in _OPTIONAL_AXES.items():
+            opt: AxisChoice | None = getattr(self, key)
+            if opt is not None:
+                if opt.name is None:
+                    raise RegistryError(f"algorithm.{key}: give a name ({', '.join(AXES[axis].names())})")
+                AXES[axis].check_params(opt.name, opt.params, f"algorithm.{key}.params")
 
 
 def _merge_axis(given: AxisChoice | None, recipe: dict[str, Any]) -> AxisChoice:
@@ -135,6 +226,15 @@ def _merge_axis(given: AxisChoice | None, recipe: dict[str, Any]) -> AxisChoice:
     if given.name is None or given.name == recipe["name"]:
         return AxisChoice(name=recipe["name"], params={**recipe.get("params", {}), **given.params})
     return AxisChoice(name=given.name, params=given.params)
+
+
+_KL_DEFAULTS: dict[str, Any] = {"placement": "loss", "target": None, "horizon": 10000}
+
+
+def _merge_kl(given: KLChoice | None, recipe: dict[str, Any]) -> KLChoice:
+    """Recipe values under the fields the config sets (an unset field keeps the recipe's)."""
+    set_here = given.model_dump(include=given.model_fields_set) if given else {}
+    return KLChoice(**{**_KL_DEFAULTS, **recipe, **{k: v for k, v in set_here.items() if v is not None}})
 
 
 class OptimConfig(Section):

@@ -1,17 +1,47 @@
 """The online-RL axes. Importing this package registers every built-in entry."""
 
-from rewardlab.algorithms import advantages, aggregation, kl, policy_losses  # noqa: F401
+from rewardlab.algorithms import (  # noqa: F401
+    advantages,
+    aggregation,
+    corrections,
+    filters,
+    kl,
+    policy_losses,
+    reward_transforms,
+    token_masks,
+)
 from rewardlab.algorithms.advantages import ADVANTAGES
 from rewardlab.algorithms.aggregation import AGGREGATIONS
+from rewardlab.algorithms.corrections import CORRECTIONS
+from rewardlab.algorithms.filters import BATCH_FILTERS
 from rewardlab.algorithms.kl import KL_ESTIMATORS
 from rewardlab.algorithms.policy_losses import POLICY_LOSSES
 from rewardlab.algorithms.recipes import RECIPES
+from rewardlab.algorithms.reward_transforms import REWARD_TRANSFORMS
+from rewardlab.algorithms.token_masks import TOKEN_MASKS
 
+# Registry axis name -> registry. The per-step order of the loop: reward transforms, batch
+# filter, advantage, token masks, correction, policy loss (+ KL), aggregation.
 AXES = {
     "advantage": ADVANTAGES,
     "policy_loss": POLICY_LOSSES,
     "kl": KL_ESTIMATORS,
     "aggregation": AGGREGATIONS,
+    "reward_transform": REWARD_TRANSFORMS,
+    "batch_filter": BATCH_FILTERS,
+    "token_mask": TOKEN_MASKS,
+    "correction": CORRECTIONS,
 }
 
-__all__ = ["ADVANTAGES", "AGGREGATIONS", "AXES", "KL_ESTIMATORS", "POLICY_LOSSES", "RECIPES"]
+__all__ = [
+    "ADVANTAGES",
+    "AGGREGATIONS",
+    "AXES",
+    "BATCH_FILTERS",
+    "CORRECTIONS",
+    "KL_ESTIMATORS",
+    "POLICY_LOSSES",
+    "RECIPES",
+    "REWARD_TRANSFORMS",
+    "TOKEN_MASKS",
+]

@@ -35,8 +35,13 @@ class PromptSource:
     skipped: int = 0
 
     def train_rows(self, step: int, n: int) -> list[Row]:
-        """The ``n`` training rows of ``step``."""
-        return [self._train_row(step * n + i) for i in range(n)]
+        """The ``n`` training rows of ``step`` (when every step takes exactly ``n``)."""
+        return self.rows_from(step * n, n)
+
+    def rows_from(self, start: int, n: int) -> list[Row]:
+        """Training rows ``start .. start + n - 1`` of the run's stream (a step that refills
+        its batch takes more than one block, so the trainer keeps a cursor)."""
+        return [self._train_row(start + i) for i in range(n)]
 
     def _train_row(self, index: int) -> Row:
         if self.task is not None:

@@ -17,6 +17,7 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 8
     greedy: bool = False
+    logprobs: bool = False  # return the engine's own log-probs of the sampled tokens
 
 
 def tokenize_prompts(tokenizer: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,14 +62,30 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], params: SamplingPar
         max_new_tokens=params.max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        output_scores=params.logprobs,
+        return_dict_in_generate=True,
         **sampling,
     )
     model.train(was_training)
-    completion_ids = out[:, prompt_ids.shape[1] :]
+    completion_ids = out.sequences[:, prompt_ids.shape[1] :]
     mask, truncated = completion_mask(completion_ids, tokenizer.eos_token_id)
     completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
     group = torch.arange(len(prompts)).repeat_interleave(params.n)
-    return RolloutBatch(prompt_ids, prompt_mask, completion_ids, mask, group, truncated)
+    batch = RolloutBatch(prompt_ids, prompt_mask, completion_ids, mask, group, truncated)
+    if params.logprobs:
+        batch.sampling_logp = _sampled_logprobs(out.scores, completion_ids, mask)
+    return batch
+
+
+def _sampled_logprobs(
+    scores: tuple[torch.Tensor, ...], completion_ids: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Log-probs of the sampled tokens under the distribution ``generate`` sampled from (after
+    temperature and top-p): what an inference engine reports, and what mismatch corrections
+    compare with the trainer's log-probs. 0 on padding."""
+    logp = torch.log_softmax(torch.stack(scores, dim=1).float(), dim=-1)  # [B, T, V]
+    picked = logp.gather(-1, completion_ids[:, : logp.shape[1], None]).squeeze(-1)
+    return torch.where(mask.bool(), picked, torch.zeros_like(picked))
 
 
 def decode_completions(tokenizer: Any, batch: RolloutBatch) -> list[str]:

@@ -1,9 +1,10 @@
-"""The online RL loop (GRPO, Dr. GRPO, RLOO, ... as recipes): generate, score, estimate
-advantages, update, log, evaluate, checkpoint.
+"""The online RL loop (PPO, GRPO, DAPO, RLOO, ... as recipes): generate, score, transform and
+filter, estimate advantages, update, log, evaluate, checkpoint.
 
 Read ``train`` top to bottom: every algorithmic choice is a registry call on one axis
-(``algorithm.advantage``, ``policy_loss``, ``kl``, ``aggregation``). Rollout (``rollout``),
-reward scoring (``score``) and the learner (``update``) are separate functions over a
+(``algorithm.advantage``, ``policy_loss``, ``kl``, ``aggregation``, ``reward_transforms``,
+``batch_filter``, ``token_masks``, ``correction``). Rollout (``rollout``), reward scoring
+(``score``) and the learner (``trainers/learner.py``) are separate functions over a
 ``RolloutBatch``, so each can later run on its own worker.
 """
 
@@ -11,28 +12,35 @@ from __future__ import annotations
 
 import copy
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rewardlab.algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
-from rewardlab.batch import RolloutBatch
+from rewardlab.algorithms import (
+    ADVANTAGES,
+    BATCH_FILTERS,
+    CORRECTIONS,
+    KL_ESTIMATORS,
+    POLICY_LOSSES,
+    REWARD_TRANSFORMS,
+    TOKEN_MASKS,
+)
+from rewardlab.algorithms.advantages import gae_returns
+from rewardlab.algorithms.controllers import (
+    adaptive_entropy_coef,
+    adaptive_kl_coef,
+    entropy_bonus_active,
+)
+from rewardlab.batch import RolloutBatch, concat_batches
 from rewardlab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rewardlab.config import RunConfig, load_config
 from rewardlab.data.prompts import PromptSource, Row, prompt_source
 from rewardlab.errors import RewardlabError
 from rewardlab.models.loading import export_model, is_lora, load_policy
-from rewardlab.models.logprobs import (
-    batch_logprobs,
-    forward_completion_logits,
-    token_entropy,
-    token_logprobs,
-)
+from rewardlab.registry import Entry
 from rewardlab.rewards import (
     RewardSource,
     build_reward_sources,
@@ -47,7 +55,6 @@ from rewardlab.trainers.common import (
     CONFIG_FILE,
     FINAL_MODEL,
     StepCallback,
-    clip_and_step,
     log_metrics,
     make_optimizer,
     make_run_dir,
@@ -57,6 +64,15 @@ from rewardlab.trainers.common import (
     step_seed,
 )
 from rewardlab.trainers.evaluate import evaluate, write_samples
+from rewardlab.trainers.learner import (
+    Critic,
+    critic_values,
+    is_on_policy,
+    logprobs_and_entropy,
+    make_critic,
+    reference_mode,
+    update,
+)
 
 
 @dataclass
@@ -65,6 +81,38 @@ class TrainResult:
     first_eval: dict[str, float] = field(default_factory=dict)
     last_eval: dict[str, float] = field(default_factory=dict)
     skipped_rows: int = 0  # bad dataset rows left out because data.skip_bad_rows is on
+
+
+@dataclass
+class AlgorithmState:
+    """What the algorithm carries from one step to the next, saved in every checkpoint so that
+    a resumed run continues exactly: where the prompt stream stands (a step that refills its
+    batch takes more prompts), a stateful advantage's state (``bnpo``), and the adaptive KL
+    and entropy coefficients."""
+
+    prompt_cursor: int = 0
+    advantage: dict[str, torch.Tensor] = field(default_factory=dict)
+    kl_coef: float = 0.0
+    entropy_coef: float = 0.0
+    entropy_on: bool = True  # an adaptive bonus applies only while entropy is below target
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_cursor": self.prompt_cursor,
+            "advantage": dict(self.advantage),
+            "kl_coef": self.kl_coef,
+            "entropy_coef": self.entropy_coef,
+            "entropy_on": self.entropy_on,
+        }
+
+    def coefficients(self) -> dict[str, float]:
+        """The KL and entropy coefficients this step's loss uses."""
+        return {"kl": self.kl_coef, "entropy": self.entropy_coef if self.entropy_on else 0.0}
+
+    @classmethod
+    def start(cls, config: RunConfig) -> AlgorithmState:
+        assert config.algorithm.kl is not None and config.algorithm.kl.coef is not None
+        return cls(kl_coef=config.algorithm.kl.coef, entropy_coef=config.algorithm.entropy.coef)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -91,11 +139,17 @@ def train(
     sources = build_reward_sources(config.rewards, prompts.task)
     optimizer = make_optimizer(policy.parameters(), config.train.optim)
     scheduler = make_scheduler(optimizer, config.train.optim, optimizer_steps(config))
-    reference = make_reference(policy) if config.algorithm.kl.coef > 0 else None
+    kl = config.algorithm.kl
+    assert kl is not None and kl.coef is not None
+    reference = make_reference(policy) if kl.coef > 0 or kl.target is not None else None
+    critic = make_critic(policy, config) if needs_critic(config) else None
+    state = AlgorithmState.start(config)
 
     start = 0
     if resume is not None:
-        start = load_checkpoint(latest_checkpoint(run_dir), policy, optimizer, scheduler).step
+        saved = load_checkpoint(latest_checkpoint(run_dir), policy, optimizer, scheduler)
+        start = saved.step
+        state = restore_state(saved.extra, config, start, critic)
     check_sinks(config.logging.sinks)
     save_run_config(config, run_dir)  # on resume too: it may run longer than first planned
     sinks = make_sinks(
@@ -115,14 +169,14 @@ def train(
         for step in range(start + 1, steps + 1):
             t0 = time.perf_counter()
             torch.manual_seed(step_seed(config.seed, step))
-            rows = prompts.train_rows(step - 1, config.train.prompts_per_step)
-            batch = rollout(policy, tokenizer, rows, config)
+            batch, metrics = collect(policy, tokenizer, prompts, sources, config, state, step)
             t1 = time.perf_counter()
-            drain_failure_counts(sources)  # what evaluation left in the counters is not this step's
-            scores = score(batch, rows, tokenizer, sources, config.rollout.num_generations)
-            batch.advantages = estimate_advantages(batch, config)
-            metrics = update(policy, reference, optimizer, scheduler, batch, config, step)
-            metrics |= rollout_metrics(batch, scores, config) | drain_failure_counts(sources)
+            if batch.size > 0:  # a filter may leave nothing to learn from
+                metrics |= prepare(policy, reference, critic, batch, config, state)
+                metrics |= estimate_advantages(batch, config, state)
+                coefs = state.coefficients()
+                metrics |= update(policy, optimizer, scheduler, batch, config, step, coefs, critic)
+                metrics |= adapt_coefficients(state, metrics, config, batch.size)
             metrics |= {"time/rollout": t1 - t0, "time/step": time.perf_counter() - t0}
             if _due(step, config.eval.every, steps):
                 t2 = time.perf_counter()
@@ -131,9 +185,10 @@ def train(
                 result.last_eval = ev
             log_metrics(sinks, step, metrics, on_step)
             if _due(step, config.checkpoint.every, steps):
-                save_checkpoint(
-                    run_dir, policy, optimizer, scheduler, step, {}, config.checkpoint.keep
-                )
+                extra: dict[str, Any] = {"algorithm": state.to_dict()}
+                if critic is not None:
+                    extra["critic"] = critic.state_dict()
+                save_checkpoint(run_dir, policy, optimizer, scheduler, step, extra, config.checkpoint.keep)
     finally:
         close_all(sinks)
     if steps == 0 or start >= steps:
@@ -141,6 +196,26 @@ def train(
     export_model(policy, tokenizer, run_dir / FINAL_MODEL)
     write_report(run_dir)
     return result
+
+
+def restore_state(
+    extra: dict[str, Any], config: RunConfig, step: int, critic: Critic | None
+) -> AlgorithmState:
+    """The algorithm state saved with a checkpoint. A checkpoint written before the state was
+    saved resumes with the state it implies: a cursor of ``step`` full batches."""
+    saved = extra.get("algorithm")
+    if saved is None:
+        state = AlgorithmState.start(config)
+        state.prompt_cursor = step * config.train.prompts_per_step
+    else:
+        state = AlgorithmState(**saved)
+    if critic is not None:
+        if "critic" not in extra:
+            raise RewardlabError(
+                "--resume: the checkpoint holds no critic; resume with the run's own config"
+            )
+        critic.load_state_dict(extra["critic"])
+    return state
 
 
 # Keys a resumed run may change without changing the training trajectory: where it lives, how
@@ -199,6 +274,28 @@ def _required_columns(config: RunConfig) -> list[str]:
 # --------------------------------------------------------------------------- stages
 
 
+def needs_critic(config: RunConfig) -> bool:
+    assert config.algorithm.advantage and config.algorithm.advantage.name
+    return "values" in ADVANTAGES.get(config.algorithm.advantage.name).inputs
+
+
+def _entries(config: RunConfig) -> list[Entry]:
+    """The registry entries this run calls on the per-step axes."""
+    algo = config.algorithm
+    assert algo.advantage and algo.advantage.name and algo.policy_loss and algo.policy_loss.name
+    found = [ADVANTAGES.get(algo.advantage.name), POLICY_LOSSES.get(algo.policy_loss.name)]
+    found += [REWARD_TRANSFORMS.get(c.name) for c in algo.reward_transforms or []]
+    found += [TOKEN_MASKS.get(c.name) for c in algo.token_masks or []]
+    if algo.correction is not None and algo.correction.name:
+        found.append(CORRECTIONS.get(algo.correction.name))
+    return found
+
+
+def _needs(config: RunConfig, name: str) -> bool:
+    """Whether any entry of this run reads the batch field ``name``."""
+    return any(name in entry.inputs for entry in _entries(config))
+
+
 def rollout(policy: Any, tokenizer: Any, rows: list[Row], config: RunConfig) -> RolloutBatch:
     """``num_generations`` sampled completions per prompt (HF generate with KV cache)."""
     params = SamplingParams(
@@ -206,6 +303,7 @@ def rollout(policy: Any, tokenizer: Any, rows: list[Row], config: RunConfig) -> 
         temperature=config.rollout.temperature,
         top_p=config.rollout.top_p,
         max_new_tokens=config.rollout.max_new_tokens,
+        logprobs=_needs(config, "sampling_logp"),
     )
     return generate(policy, tokenizer, [row["prompt"] for row in rows], params)
 
@@ -220,10 +318,227 @@ def score(
     return scores
 
 
-def estimate_advantages(batch: RolloutBatch, config: RunConfig) -> torch.Tensor:
+def greedy_baseline(
+    policy: Any, tokenizer: Any, rows: list[Row], sources: list[RewardSource], config: RunConfig
+) -> torch.Tensor:
+    """The reward of each prompt's greedy completion, repeated over its group (ReMax)."""
+    params = SamplingParams(n=1, max_new_tokens=config.rollout.max_new_tokens, greedy=True)
+    greedy = generate(policy, tokenizer, [row["prompt"] for row in rows], params)
+    score(greedy, rows, tokenizer, sources, 1)
+    assert greedy.rewards is not None
+    return greedy.rewards.repeat_interleave(config.rollout.num_generations)
+
+
+def collect(
+    policy: Any,
+    tokenizer: Any,
+    prompts: PromptSource,
+    sources: list[RewardSource],
+    config: RunConfig,
+    state: AlgorithmState,
+    step: int,
+) -> tuple[RolloutBatch, dict[str, float]]:
+    """This step's scored batch: rollout, score, reward transforms and the batch filter.
+
+    With a batch filter, rounds of ``prompts_per_step`` fresh prompts are drawn until
+    ``prompts_per_step`` groups pass or ``batch_filter.max_rounds`` rounds are spent (DAPO's
+    dynamic sampling); a full batch is cut to exactly ``prompts_per_step`` groups. Rollout
+    metrics describe every completion generated, before filtering.
+    """
+    algo = config.algorithm
+    chooser = algo.batch_filter
+    n_prompts = config.train.prompts_per_step
+    rounds = chooser.max_rounds or 1 if chooser is not None else 1
+    kept: list[RolloutBatch] = []
+    generated: list[RolloutBatch] = []
+    raw_rewards: list[torch.Tensor] = []
+    groups = 0
+    drain_failure_counts(sources)  # what evaluation left in the counters is not this step's
+    for r in range(rounds):
+        rows = prompts.rows_from(state.prompt_cursor, n_prompts)
+        state.prompt_cursor += n_prompts
+        part = rollout(policy, tokenizer, rows, config)
+        part.group = part.group + r * n_prompts  # distinct group ids across rounds
+        score(part, rows, tokenizer, sources, config.rollout.num_generations)
+        if _needs(config, "baseline_rewards"):
+            part.baseline_rewards = greedy_baseline(policy, tokenizer, rows, sources, config)
+        if _needs(config, "old_logp") or _needs(config, "entropy"):
+            part.old_logp, part.entropy = logprobs_and_entropy(
+                policy, part, config.rollout.temperature, config.train.micro_batch_size
+            )
+        raw_rewards.append(part.rewards)
+        part.rewards = transform_rewards(part, config)
+        generated.append(part)
+        if chooser is None or chooser.name is None:
+            kept.append(part)
+            break
+        fields = part.axis_fields() | {"seed": step_seed(config.seed, step, salt=3 + 100 * r)}
+        keep = BATCH_FILTERS.call(chooser.name, fields, chooser.params)
+        part = part.select(torch.nonzero(keep).flatten())
+        kept.append(part)
+        groups += int(torch.unique(part.group).numel())
+        if groups >= n_prompts:
+            break
+    every = concat_batches(generated, tokenizer.pad_token_id)
+    batch = concat_batches(kept, tokenizer.pad_token_id)
+    transformed = every.rewards
+    every.rewards = torch.cat(raw_rewards)  # the metrics report the rewards as scored
+    metrics = rollout_metrics(every, every.scores, config) | drain_failure_counts(sources)
+    if algo.reward_transforms and transformed is not None:
+        metrics["reward/transformed"] = float(transformed.mean())
+    if chooser is not None:
+        batch = _first_groups(batch, n_prompts)
+        metrics |= {
+            "filter/rounds": float(len(generated)),
+            "filter/kept_groups": float(torch.unique(batch.group).numel()),
+            "filter/kept_rows": float(batch.size),
+        }
+    return batch, metrics
+
+
+def _first_groups(batch: RolloutBatch, n: int) -> RolloutBatch:
+    """The rows of the first ``n`` groups (in batch order)."""
+    ids = torch.unique_consecutive(batch.group)[:n]
+    return batch.select(torch.nonzero(torch.isin(batch.group, ids)).flatten())
+
+
+def transform_rewards(batch: RolloutBatch, config: RunConfig) -> torch.Tensor:
+    """The configured reward transforms, in order (overlong penalty, unlikeliness, ...)."""
+    assert batch.rewards is not None
+    rewards = batch.rewards
+    for choice in config.algorithm.reward_transforms or []:
+        fields = batch.axis_fields() | {"rewards": rewards, "max_len": config.rollout.max_new_tokens}
+        rewards = REWARD_TRANSFORMS.call(choice.name, fields, choice.params)
+    return rewards
+
+
+def prepare(
+    policy: Any,
+    reference: Any | None,
+    critic: Critic | None,
+    batch: RolloutBatch,
+    config: RunConfig,
+    state: AlgorithmState,
+) -> dict[str, float]:
+    """The no-gradient passes before the update: old log-probs (when the update is off-policy
+    or a stage reads them), reference log-probs, critic values, the KL penalty in the reward,
+    the per-token rewards, token masks and the mismatch-correction weights."""
+    algo = config.algorithm
+    assert algo.kl is not None and algo.kl.name is not None
+    temperature, micro = config.rollout.temperature, config.train.micro_batch_size
+    metrics: dict[str, float] = {}
+    kl_in_reward = algo.kl.placement == "reward" and reference is not None
+    need_old = (
+        not is_on_policy(config, batch.size)
+        or kl_in_reward
+        or algo.kl.target is not None
+        or algo.correction is not None
+    )
+    if batch.old_logp is None and need_old:
+        batch.old_logp, batch.entropy = logprobs_and_entropy(policy, batch, temperature, micro)
+    mask = batch.completion_mask.float()
+    kl_tokens = None
+    if reference is not None:
+        with reference_mode(reference) as ref:
+            batch.ref_logp, _ = logprobs_and_entropy(ref, batch, temperature, micro)
+        if batch.old_logp is not None:
+            kl_fields = {"logp": batch.old_logp, "ref_logp": batch.ref_logp}
+            kl_tokens = KL_ESTIMATORS.call(algo.kl.name, kl_fields, {}) * mask
+            metrics["kl/sequence"] = float(kl_tokens.sum(-1).mean())
+    if kl_in_reward and kl_tokens is not None and not _needs(config, "token_rewards"):
+        assert batch.rewards is not None
+        batch.rewards = batch.rewards - state.kl_coef * kl_tokens.sum(-1)
+    if _needs(config, "token_rewards"):
+        batch.token_rewards = outcome_token_rewards(batch)
+        if kl_in_reward and kl_tokens is not None:
+            batch.token_rewards = batch.token_rewards - state.kl_coef * kl_tokens
+    if critic is not None:
+        batch.values = critic_values(critic, batch, micro) * mask
+    if algo.token_masks:
+        loss_mask = batch.completion_mask
+        for choice in algo.token_masks:
+            chosen = TOKEN_MASKS.call(choice.name, batch.axis_fields(), choice.params)
+            loss_mask = loss_mask * chosen.to(loss_mask.dtype)
+        batch.loss_mask = loss_mask
+        metrics["token_mask/kept"] = float(loss_mask.sum() / batch.completion_mask.sum().clamp(min=1))
+    if algo.correction is not None and algo.correction.name is not None:
+        weights, found = CORRECTIONS.call(algo.correction.name, batch.axis_fields(), algo.correction.params)
+        batch.is_weights = weights.detach()
+        if "masked" in found:  # rejected tokens leave the loss and its normalizer (as verl)
+            base = batch.loss_mask if batch.loss_mask is not None else batch.completion_mask
+            batch.loss_mask = base * (1 - found["masked"]).to(base.dtype)
+        real = mask.sum().clamp(min=1)
+        metrics |= {f"correction/{k}": float((v * mask).sum() / real) for k, v in found.items()}
+    return metrics
+
+
+def outcome_token_rewards(batch: RolloutBatch) -> torch.Tensor:
+    """[B, T] per-token rewards: each completion's reward on its last real token, 0 elsewhere
+    (PPO for RLHF: the reward model scores the whole completion at its end)."""
+    assert batch.rewards is not None
+    out = torch.zeros(batch.completion_mask.shape, dtype=torch.float32)
+    last = (batch.completion_mask.sum(-1) - 1).clamp(min=0)
+    out[torch.arange(batch.size), last] = batch.rewards.float()
+    return out * batch.completion_mask
+
+
+def estimate_advantages(
+    batch: RolloutBatch, config: RunConfig, state: AlgorithmState
+) -> dict[str, float]:
+    """Sets ``batch.advantages`` (and, with a critic, its targets ``batch.returns``); a stateful
+    estimator's new state goes into ``state``. Returns the state's scalars as metrics."""
     choice = config.algorithm.advantage
-    assert choice is not None  # filled from the recipe by the config
-    return ADVANTAGES.call(choice.name, batch.axis_fields(), choice.params)
+    assert choice is not None and choice.name is not None
+    entry = ADVANTAGES.get(choice.name)
+    fields = batch.axis_fields()
+    if "state" in entry.inputs:
+        fields["state"] = state.advantage
+        batch.advantages, state.advantage = ADVANTAGES.call(choice.name, fields, choice.params)
+    else:
+        batch.advantages = ADVANTAGES.call(choice.name, fields, choice.params)
+    if batch.values is not None:
+        assert batch.token_rewards is not None
+        settings = {**entry.params, **choice.params}
+        batch.returns = gae_returns(
+            batch.token_rewards,
+            batch.values,
+            batch.completion_mask,
+            gamma=settings["gamma"],
+            lam=settings["lam"],
+        )
+    return {f"advantage/{k}": float(v) for k, v in state.advantage.items() if v.numel() == 1}
+
+
+def adapt_coefficients(
+    state: AlgorithmState, metrics: dict[str, float], config: RunConfig, batch_size: int
+) -> dict[str, float]:
+    """Move the adaptive KL and entropy coefficients after a step (the next step uses them);
+    returns the coefficients this step used. The KL horizon counts samples, as in TRL / verl
+    (each step advances the controller by the batch's number of completions)."""
+    algo = config.algorithm
+    assert algo.kl is not None
+    out: dict[str, float] = {}
+    if algo.kl.target is not None:
+        out["kl/coef"] = state.kl_coef
+        if "kl/sequence" in metrics:
+            state.kl_coef = adaptive_kl_coef(
+                state.kl_coef,
+                metrics["kl/sequence"],
+                target=algo.kl.target,
+                horizon=algo.kl.horizon or 10000,
+                n_steps=batch_size,
+            )
+    if algo.entropy.target is not None:
+        out["entropy/coef"] = state.coefficients()["entropy"]
+        state.entropy_on = entropy_bonus_active(metrics["entropy"], algo.entropy.target)
+        state.entropy_coef = adaptive_entropy_coef(
+            state.entropy_coef,
+            metrics["entropy"],
+            target=algo.entropy.target,
+            delta=algo.entropy.delta,
+            max_coef=algo.entropy.max_coef,
+        )
+    return out
 
 
 def make_reference(policy: Any) -> Any:
@@ -235,96 +550,6 @@ def make_reference(policy: Any) -> Any:
     for p in ref.parameters():
         p.requires_grad_(False)
     return ref
-
-
-@contextmanager
-def _reference_mode(reference: Any) -> Iterator[Any]:
-    with reference.disable_adapter() if is_lora(reference) else nullcontext():
-        yield reference
-
-
-# --------------------------------------------------------------------------- learner
-
-
-def update(
-    policy: Any,
-    reference: Any | None,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    batch: RolloutBatch,
-    config: RunConfig,
-    step: int,
-) -> dict[str, float]:
-    """Several epochs of clipped policy-gradient steps over mini-batches of ``batch``.
-
-    Each mini-batch is one optimizer step, accumulated over micro-batches; the aggregation
-    divides by the mini-batch's totals so accumulation does not change the gradient.
-    """
-    train = config.train
-    temperature = config.rollout.temperature
-    size = batch.size
-    mini = min(train.mini_batch_size or size, size)
-    on_policy = train.ppo_epochs == 1 and mini == size
-    if not on_policy:  # ratios are taken against the policy that sampled
-        batch.old_logp = batch_logprobs(policy, batch, temperature, train.micro_batch_size)
-    if reference is not None:
-        with _reference_mode(reference) as ref:
-            batch.ref_logp = batch_logprobs(ref, batch, temperature, train.micro_batch_size)
-
-    order_rng = torch.Generator().manual_seed(step_seed(config.seed, step, salt=1))
-    sums: dict[str, float] = defaultdict(float)
-    counts: dict[str, float] = defaultdict(float)
-    policy.train()
-    for _ in range(train.ppo_epochs):
-        order = torch.randperm(size, generator=order_rng) if not on_policy else torch.arange(size)
-        for start in range(0, size, mini):
-            mini_batch = batch.select(order[start : start + mini])
-            totals = {
-                "total_tokens": float(mini_batch.completion_mask.sum().clamp(min=1)),
-                "total_seqs": float(mini_batch.size),
-                "max_len": config.rollout.max_new_tokens,
-            }
-            for lo in range(0, mini_batch.size, train.micro_batch_size):
-                part = mini_batch.select(torch.arange(lo, min(lo + train.micro_batch_size, mini_batch.size)))
-                loss, token_stats = micro_batch_loss(policy, part, totals, config, temperature)
-                loss.backward()
-                sums["loss"] += float(loss.detach())
-                for name, (total, count) in token_stats.items():
-                    sums[name] += total
-                    counts[name] += count
-            sums["grad_norm"] += clip_and_step(policy, optimizer, scheduler, train.optim.max_grad_norm)
-            counts["grad_norm"] += 1
-    num_steps = train.ppo_epochs * -(-size // mini)
-    out = {"loss": sums.pop("loss") / num_steps, "lr": scheduler.get_last_lr()[0]}
-    out |= {name: sums[name] / max(counts[name], 1.0) for name in sums}
-    return out
-
-
-def micro_batch_loss(
-    policy: Any,
-    part: RolloutBatch,
-    totals: dict[str, float],
-    config: RunConfig,
-    temperature: float,
-) -> tuple[torch.Tensor, dict[str, tuple[float, float]]]:
-    """The aggregated loss of one micro-batch and per-token statistics (sum, count)."""
-    algo = config.algorithm
-    assert algo.policy_loss and algo.aggregation and algo.kl
-    logits = forward_completion_logits(policy, part, temperature)
-    logp = token_logprobs(logits, part.completion_ids)
-    fields = part.axis_fields() | {"logp": logp}
-    fields.setdefault("old_logp", logp.detach())
-    per_token, loss_metrics = POLICY_LOSSES.call(algo.policy_loss.name, fields, algo.policy_loss.params)
-    mask = part.completion_mask.to(per_token.dtype)
-    stats = {"entropy": token_entropy(logits)} | loss_metrics
-    if algo.kl.coef > 0 and part.ref_logp is not None:
-        kl = KL_ESTIMATORS.call(algo.kl.name, fields, {})
-        per_token = per_token + algo.kl.coef * kl
-        stats["kl"] = kl.detach()
-    agg_fields = {"loss": per_token, "mask": mask, **totals}
-    loss = AGGREGATIONS.call(algo.aggregation.name, agg_fields, algo.aggregation.params)
-    count = float(mask.sum())
-    return loss, {name: (float((v * mask).sum()), count) for name, v in stats.items()}
 
 
 # --------------------------------------------------------------------------- metrics & eval
