@@ -600,3 +600,24 @@ def test_call_on_a_real_entry_equals_the_direct_call():
         ADVANTAGES.call("grpo", fields, {"eps": 0.5}), grpo(rewards, group, mask, eps=0.5)
     )
     torch.testing.assert_close(ADVANTAGES.call("rloo", fields, {}), rloo(rewards, group, mask))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    _group_and_rewards,
+    st.floats(min_value=0.1, max_value=50.0),
+    st.floats(min_value=-100.0, max_value=100.0),
+)
+def test_grpo_is_invariant_to_an_affine_change_of_rewards(data, scale, shift):
+    """A_i((a r + b)) = A_i(r) for a > 0: GRPO's advantage depends on the rewards only through
+    their within-group z-scores (DeepSeekMath, outcome supervision). Checked with eps = 0, so
+    groups of one and groups with (almost) no spread, where 0/0 is undefined, are left out."""
+    ids, values = data
+    group = torch.tensor(ids)
+    rewards = torch.tensor(values, dtype=torch.float64)
+    mask = torch.ones(len(ids), 2)
+    base = ADVANTAGES.get("grpo").fn(rewards, group, mask, eps=0.0)
+    moved = ADVANTAGES.get("grpo").fn(scale * rewards + shift, group, mask, eps=0.0)
+    spread = torch.stack([rewards[group == g].std() if (group == g).sum() > 1 else torch.tensor(0.0) for g in group])
+    wide = (spread > 1e-3)[:, None].expand_as(base)
+    assert torch.allclose(moved[wide], base[wide], atol=1e-3)

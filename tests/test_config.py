@@ -394,3 +394,50 @@ def test_resolved_config_round_trips():
 def test_shipped_configs_validate(path):
     schema = SFTConfig if "sft" in path.name else RunConfig
     load_config(schema, path)
+
+
+# --------------------------------------------------------------------------- zoo axes
+
+
+def test_recipe_brings_its_transforms_and_filter_and_the_config_may_replace_them():
+    dapo = load_config(RunConfig, None, ["algorithm.recipe=dapo"]).algorithm
+    assert [c.name for c in dapo.reward_transforms] == ["overlong_penalty"]
+    assert dapo.batch_filter.name == "dynamic_sampling" and dapo.batch_filter.max_rounds == 3
+    changed = load_config(
+        RunConfig,
+        None,
+        ["algorithm.recipe=dapo", "algorithm.reward_transforms=[]", "algorithm.batch_filter.max_rounds=5"],
+    ).algorithm
+    assert changed.reward_transforms == [] and changed.batch_filter.max_rounds == 5
+    off = load_config(RunConfig, None, ["algorithm.recipe=dapo", "algorithm.batch_filter=null"]).algorithm
+    assert off.batch_filter is None
+    plain = load_config(RunConfig, None, []).algorithm
+    assert plain.batch_filter is None and plain.correction is None and plain.token_masks == []
+
+
+def test_zoo_axes_combine_freely_with_any_recipe():
+    algo = load_config(
+        RunConfig,
+        None,
+        [
+            "algorithm.recipe=rloo",
+            "algorithm.token_masks=[{name: top_entropy, params: {top_fraction: 0.3}}]",
+            "algorithm.correction={name: tis, params: {level: sequence}}",
+            "algorithm.batch_filter={name: pf_ppo, params: {strategy: best_random}}",
+            "algorithm.kl.placement=reward",
+        ],
+    ).algorithm
+    assert algo.advantage.name == "rloo" and algo.kl.name == "k1" and algo.kl.placement == "reward"
+    assert algo.token_masks[0].params == {"top_fraction": 0.3}
+    assert algo.correction.params == {"level": "sequence"} and algo.batch_filter.max_rounds == 1
+
+
+def test_zoo_axis_mistakes_name_the_key():
+    msg = config_error(RunConfig, None, ["algorithm.token_masks=[{name: top_entropy, params: {fraction: 0.3}}]"])
+    assert "algorithm.token_masks.0.params" in msg and "'top_fraction'" in msg
+    msg = config_error(RunConfig, None, ["algorithm.correction={name: tiss}"])
+    assert "unknown correction 'tiss' (did you mean 'tis'?)" in msg
+    msg = config_error(RunConfig, None, ["algorithm.reward_transforms=[{name: overlong}]"])
+    assert "unknown reward_transform 'overlong'" in msg and "overlong_penalty" in msg
+    msg = config_error(RunConfig, None, ["algorithm.kl.placement=rewards"])
+    assert "algorithm.kl.placement" in msg

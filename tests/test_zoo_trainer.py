@@ -277,3 +277,19 @@ def test_recipe_raises_heldout_reward(tmp_path: Path, recipe: str) -> None:
     result = train(config)
     before, after = result.first_eval["eval/reward_greedy"], result.last_eval["eval/reward_greedy"]
     assert after > before + 0.15, (recipe, before, after)
+
+
+def test_bnpo_decomposed_fits_one_beta_per_reward_component(tmp_path: Path) -> None:
+    config = _config(tmp_path / "run", **{
+        "rewards": [{"name": "dense_rewards:digit_fraction"}, {"name": "dense_rewards:constant_on_even_prompts"}],
+        "algorithm.recipe": "bnpo",
+        "algorithm.advantage.name": "bnpo_decomposed",
+        "train.steps": 2,
+    })
+    steps = _metrics(train(config).run_dir)[1:]
+    keys = {k for k in steps[0] if k.startswith("advantage/")}
+    names = ("dense_rewards:digit_fraction", "dense_rewards:constant_on_even_prompts")
+    assert {f"advantage/{n}/alpha" for n in names} <= keys and {f"advantage/{n}/beta" for n in names} <= keys
+    # BNPO's normalizer parameters are max(1 + a/3, 1) >= 1; the state counts its updates
+    assert all(m[k] >= 1.0 for m in steps for k in keys if k.endswith(("/alpha", "/beta")))
+    assert [m[f"advantage/{names[0]}/steps"] for m in steps] == [1.0, 2.0]
