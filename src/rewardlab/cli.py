@@ -140,10 +140,11 @@ def list_(
             table.add_row(item["name"], item["paper"], item["arxiv"] or "", params)
         console.print(table)
     table = Table(title="recipes", title_justify="left")
-    for column in ("name", "advantage", "policy_loss", "kl", "aggregation"):
-        table.add_column(column)
+    for column in ("name", "advantage", "policy_loss", "kl", "aggregation", "extras"):
+        table.add_column(column, overflow="fold")
     for name, recipe in entries["recipes"].items():
-        table.add_row(name, *(str(recipe[a]["name"]) for a in ("advantage", "policy_loss", "kl", "aggregation")))
+        axes = [str(recipe[a]["name"]) for a in ("advantage", "policy_loss", "kl", "aggregation")]
+        table.add_row(name, *axes, _recipe_extras(recipe))
     console.print(table)
     table = Table(title="rewards", title_justify="left")
     table.add_column("name")
@@ -151,6 +152,16 @@ def list_(
     for item in entries["rewards"]:
         table.add_row(item["name"], item["doc"])
     console.print(table)
+
+
+def _recipe_extras(recipe: dict[str, object]) -> str:
+    """A recipe's choices beyond the four core axes, e.g. ``dynamic_sampling, overlong_penalty``."""
+    found = [c["name"] for c in recipe.get("reward_transforms", [])]  # type: ignore[union-attr]
+    found += [recipe[k]["name"] for k in ("batch_filter", "correction") if recipe.get(k)]  # type: ignore[index]
+    kl = recipe["kl"]
+    if kl.get("placement") == "reward":  # type: ignore[union-attr]
+        found.append("KL in reward")
+    return ", ".join(found)
 
 
 @app.command()
