@@ -10,14 +10,15 @@ from typing import Any
 
 import pytest
 import torch
+from test_trainers import _Crash, _crash_at, _rl_config
+from test_trainers import _train_metrics as _metrics
 
-from rewardlab.config import ModelConfig, RunConfig, parse_config
+from rewardlab.config import ModelConfig, RunConfig
 from rewardlab.data.prompts import prompt_source
 from rewardlab.models.loading import load_policy
 from rewardlab.models.logprobs import batch_logprobs
 from rewardlab.rewards import build_reward_sources
 from rewardlab.rollout.hf import SamplingParams, generate
-from rewardlab.tracking import read_metrics
 from rewardlab.trainers.learner import batch_slices, micro_batch_loss
 from rewardlab.trainers.online import AlgorithmState, collect, prepare, train
 
@@ -30,31 +31,9 @@ def _user_rewards_importable(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _config(run_dir: Path | None = None, **overrides: Any) -> RunConfig:
-    data: dict[str, Any] = {
-        "seed": 3,
-        "run_dir": str(run_dir) if run_dir else None,
-        "data": {"task": "arithmetic", "heldout_size": 16},
-        "rewards": [{"name": "dense_rewards:digit_fraction"}],
-        "rollout": {"num_generations": 4, "max_new_tokens": 6},
-        "train": {"steps": 6, "prompts_per_step": 8, "optim": {"lr": 3e-3}},
-        "eval": {"every": 0, "pass_k": 1, "batch_size": 64},
-        "checkpoint": {"every": 0},
-        "logging": {"samples": 0},
-    }
-    for key, value in overrides.items():
-        node = data
-        *path, last = key.split(".")
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return parse_config(RunConfig, data)
-
-
-def _metrics(run_dir: Path) -> list[dict[str, Any]]:
-    return [
-        {k: v for k, v in r.items() if not k.startswith("time/")}
-        for r in read_metrics(run_dir / "metrics.jsonl")
-    ]
+    """test_trainers' small run, shorter: 6 steps, pass@1, no saved samples."""
+    defaults = {"train.steps": 6, "eval.pass_k": 1, "logging.samples": 0}
+    return _rl_config(run_dir or Path("unused-run-dir"), **{**defaults, **overrides})
 
 
 def _pieces(config: RunConfig) -> tuple[Any, Any, Any, Any]:
@@ -113,18 +92,6 @@ def test_pf_ppo_keeps_the_best_and_worst_of_each_group(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- exact resume
-
-
-class _Crash(Exception):
-    pass
-
-
-def _crash_at(step: int) -> Any:
-    def on_step(current: int, metrics: dict[str, float]) -> None:
-        if current == step:
-            raise _Crash
-
-    return on_step
 
 
 @pytest.mark.parametrize(
@@ -193,7 +160,7 @@ def test_entropy_bonus_lowers_the_loss_by_coef_times_mean_entropy() -> None:
     plain, stats = micro_batch_loss(policy, batch, totals, config, {"entropy": 0.0}, 0)
     bonus, _ = micro_batch_loss(policy, batch, totals, config, {"entropy": 0.3}, 0)
     mean_entropy = stats["entropy"][0] / stats["entropy"][1]
-    assert float(bonus) == pytest.approx(float(plain) - 0.3 * mean_entropy, rel=1e-5)
+    assert bonus.detach().item() == pytest.approx(plain.detach().item() - 0.3 * mean_entropy, rel=1e-5)
 
 
 def test_top_entropy_mask_keeps_a_fifth_of_the_tokens() -> None:
