@@ -469,7 +469,8 @@ def test_registries_list_their_entries_with_papers():
         CORRECTIONS: {"tis": None},
     }
     for registry, entries in expected.items():
-        assert registry.names() == sorted(entries)
+        # reward transforms also hold the reward-shaping entries (tests/test_reward_shaping.py)
+        assert set(registry.names()) >= set(entries)
         for name, arxiv in entries.items():
             entry = registry.get(name)
             assert entry.arxiv == arxiv and entry.paper and entry.formula
@@ -494,9 +495,10 @@ def test_every_entry_runs_on_batch_fields():
         sampling_logp=-torch.ones(b, width),
         entropy=torch.rand(b, width),
     )
-    fields = {**batch.axis_fields(), "max_len": width, "seed": 7}
+    fields = {**batch.axis_fields(), "max_len": width, "seed": 7, "state": {}, "reference_rewards": None}
+    required = {"clip": {"max": 0.5}}  # the one entry without usable defaults
     for registry in (REWARD_TRANSFORMS, BATCH_FILTERS, TOKEN_MASKS, CORRECTIONS):
         for entry in registry:
-            out = registry.call(entry.name, fields, {})
+            out = registry.call(entry.name, fields, required.get(entry.name, {}))
             first = out[0] if isinstance(out, tuple) else out
             assert first.shape[0] == b

@@ -441,3 +441,12 @@ def test_zoo_axis_mistakes_name_the_key():
     assert "unknown reward_transform 'overlong'" in msg and "overlong_penalty" in msg
     msg = config_error(RunConfig, None, ["algorithm.kl.placement=rewards"])
     assert "algorithm.kl.placement" in msg
+
+
+def test_reward_transforms_and_combiner_are_checked_by_name():
+    msg = config_error(RunConfig, None, ["rewards=[{name: task, transforms: [{name: clipp}]}]"])
+    assert "unknown reward_transform 'clipp' (did you mean 'clip'?)" in msg
+    msg = config_error(RunConfig, None, ["reward_combiner={name: gated, params: {gat: x}}"])
+    assert "reward_combiner.params: 'gated' has no parameter 'gat' (did you mean 'gate'?)" in msg
+    cfg = load_config(RunConfig, None, ["rewards=[{name: task, transforms: [{name: normalize}]}]"])
+    assert cfg.rewards[0].transforms[0].name == "normalize" and cfg.reward_combiner.name == "weighted_sum"

@@ -14,7 +14,7 @@ from rewardlab.rewards import REWARD_FACTORIES
 def catalogue() -> dict[str, Any]:
     """JSON-ready: ``{"axes": {axis: [entry...]}, "recipes": {...}, "rewards": [...]}``."""
     return {
-        "axes": {axis: [entry.summary() for entry in registry] for axis, registry in AXES.items()},
+        "axes": {axis: [entry.summary() for entry in registry] for axis, registry in _registries().items()},
         "recipes": RECIPES,
         "rewards": [
             {"name": name, "doc": _first_paragraph(factory), "args": _args(factory)}
@@ -22,6 +22,13 @@ def catalogue() -> dict[str, Any]:
         ]
         + [{"name": "task", "doc": "The built-in task's verifier (exact answer).", "args": {}}],
     }
+
+
+def _registries() -> dict[str, Any]:
+    """The algorithm axes plus the reward side's combiners (reward transforms are an axis)."""
+    from rewardlab.rewards.combiners import REWARD_COMBINERS
+
+    return {**AXES, "reward_combiner": REWARD_COMBINERS}
 
 
 def _first_paragraph(fn: Any) -> str:

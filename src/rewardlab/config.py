@@ -62,12 +62,49 @@ class DataConfig(Section):
         return self
 
 
+class RewardTransformChoice(Section):
+    """One transform of a reward source's scores (``clip``, ``normalize``, ``par``, ...)."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class RewardSpec(Section):
-    """A reward source: a built-in name, ``task`` (the task's verifier), or ``module:function``."""
+    """A reward source: a built-in name, ``task`` (the task's verifier), or ``module:function``;
+    its ``transforms`` apply to its scores in order, before the sources are combined."""
 
     name: str
     weight: float = 1.0
     args: dict[str, Any] = Field(default_factory=dict)
+    transforms: list[RewardTransformChoice] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_transforms(self) -> RewardSpec:
+        from rewardlab.algorithms import REWARD_TRANSFORMS
+
+        try:
+            for i, item in enumerate(self.transforms):
+                REWARD_TRANSFORMS.check_params(item.name, item.params, f"transforms.{i}.params")
+        except RegistryError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+
+class CombinerChoice(Section):
+    """How the sources' (transformed) scores become one reward: a ``reward_combiner`` entry."""
+
+    name: str = "weighted_sum"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> CombinerChoice:
+        from rewardlab.rewards.combiners import REWARD_COMBINERS
+
+        try:
+            REWARD_COMBINERS.check_params(self.name, self.params, "reward_combiner.params")
+        except RegistryError as e:
+            raise ValueError(str(e)) from None
+        return self
 
 
 class RolloutConfig(Section):
@@ -286,6 +323,7 @@ class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="task")])
+    reward_combiner: CombinerChoice = Field(default_factory=CombinerChoice)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

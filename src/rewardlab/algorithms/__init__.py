@@ -8,6 +8,7 @@ from rewardlab.algorithms import (  # noqa: F401
     kl,
     policy_losses,
     reward_transforms,
+    shaping,
     token_masks,
 )
 from rewardlab.algorithms.advantages import ADVANTAGES

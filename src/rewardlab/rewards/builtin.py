@@ -65,14 +65,34 @@ def _column(reward: str, columns: Mapping[str, Sequence[Any]], name: str) -> Seq
 # --------------------------------------------------------------------------- exact_match
 
 
-def exact_match(column: str = "answer", strip: bool = True) -> RewardFn:
+# Edge characters that normalize strips: sentence punctuation, quotes, brackets, markdown
+# emphasis. Not signs, '$', '%' or '#', which change what an answer means.
+_EDGE_PUNCTUATION = ".,;:!?\"'`*_()[]{}\u201c\u201d\u2018\u2019"
+_ANSWER_PREFIX = re.compile(r"^(?:so\s+)?(?:the\s+)?(?:final\s+)?answer(?:\s+is\b\s*:?|\s*:)\s*")
+
+
+def normalize_answer(text: str) -> str:
+    """``exact_match``'s ``normalize``: case-fold, collapse runs of whitespace to one space,
+    strip edge punctuation, drop an "answer is" / "answer:" prefix, strip edge punctuation
+    again."""
+    text = " ".join(text.casefold().split()).strip(_EDGE_PUNCTUATION + " ")
+    return _ANSWER_PREFIX.sub("", text).strip(_EDGE_PUNCTUATION + " ")
+
+
+def exact_match(column: str = "answer", strip: bool = True, normalize: bool = False) -> RewardFn:
     """1.0 when the completion equals the row's ``column`` value (as a string), else 0.0.
 
-    With ``strip`` (default) leading/trailing whitespace is ignored on both sides. Rows whose
-    reference is missing (``None``) score ``None``.
+    With ``strip`` (default) leading/trailing whitespace is ignored on both sides. With
+    ``normalize`` both sides are also, in this order: case-folded; runs of whitespace
+    collapsed to one space; stripped of the characters ``. , ; : ! ? " ' ` * _ ( ) [ ] { }``
+    and curly quotes at both ends (not signs, ``$``, ``%`` or ``#``); stripped of a leading
+    "answer is", "answer:", "the answer is", "the final answer is", "so the answer is" (any
+    case, optional colon); and stripped of those edge characters again. So "The answer is:
+    **Paris**." matches "paris". Rows whose reference is missing (``None``) score ``None``.
     """
     column = _check_str("exact_match", "column", column)
     strip = _check_bool("exact_match", "strip", strip)
+    normalize = _check_bool("exact_match", "normalize", normalize)
 
     def score(prompts: list[str], completions: list[str], **columns: Any) -> list[float | None]:
         references = _column("exact_match", columns, column)
@@ -84,6 +104,8 @@ def exact_match(column: str = "answer", strip: bool = True) -> RewardFn:
             got, want = completion, str(reference)
             if strip:
                 got, want = got.strip(), want.strip()
+            if normalize:
+                got, want = normalize_answer(got), normalize_answer(want)
             scores.append(1.0 if got == want else 0.0)
         return scores
 
@@ -281,9 +303,32 @@ def length_penalty(max_chars: int, coef: float = 1.0) -> RewardFn:
     return score
 
 
+# The rule rewards live in rules.py, which imports the helpers above from this module: import
+# it only now, once they are all defined.
+from rewardlab.rewards.rules import (
+    bleu,
+    cosine_length,
+    length,
+    multiple_choice,
+    numeric,
+    overlong,
+    repetition,
+    think_answer_format,
+    tool_call,
+)
+
 REWARD_FACTORIES: dict[str, RewardFactory] = {
     "exact_match": exact_match,
     "math_verify": math_verify,
     "regex_format": regex_format,
     "length_penalty": length_penalty,
+    "numeric": numeric,
+    "multiple_choice": multiple_choice,
+    "format": think_answer_format,
+    "length": length,
+    "cosine_length": cosine_length,
+    "repetition": repetition,
+    "overlong": overlong,
+    "tool_call": tool_call,
+    "bleu": bleu,
 }

@@ -17,7 +17,7 @@ import importlib
 import inspect
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,7 @@ class RewardSource:
     name: str
     weight: float
     fn: Callable[..., Any]
+    transforms: list[Any] = field(default_factory=list)  # RewardTransformChoice, in order
 
 
 def build_reward_sources(specs: list[RewardSpec], task: Task | None) -> list[RewardSource]:
@@ -59,7 +60,9 @@ def build_reward_sources(specs: list[RewardSpec], task: Task | None) -> list[Rew
             raise ConfigError(f"rewards[{i}].weight: must be a finite number, got {spec.weight}")
         name = _unique(spec.name, taken)
         taken.add(name)
-        sources.append(RewardSource(name, float(spec.weight), _resolve(i, spec, task)))
+        sources.append(
+            RewardSource(name, float(spec.weight), _resolve(i, spec, task), list(spec.transforms))
+        )
     return sources
 
 

@@ -49,6 +49,7 @@ from rewardlab.rewards import (
     reward_metrics,
     score_rows,
 )
+from rewardlab.rewards.pipeline import is_plain, shape_rewards
 from rewardlab.rollout.hf import SamplingParams, decode_completions, generate
 from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
@@ -92,6 +93,7 @@ class AlgorithmState:
 
     prompt_cursor: int = 0
     advantage: dict[str, torch.Tensor] = field(default_factory=dict)
+    rewards: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # transforms' state
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
     entropy_on: bool = True  # an adaptive bonus applies only while entropy is below target
@@ -100,6 +102,7 @@ class AlgorithmState:
         return {
             "prompt_cursor": self.prompt_cursor,
             "advantage": dict(self.advantage),
+            "rewards": {k: dict(v) for k, v in self.rewards.items()},
             "kl_coef": self.kl_coef,
             "entropy_coef": self.entropy_coef,
             "entropy_on": self.entropy_on,
@@ -352,6 +355,7 @@ def collect(
     kept: list[RolloutBatch] = []
     generated: list[RolloutBatch] = []
     raw_rewards: list[torch.Tensor] = []
+    shaped_metrics: list[dict[str, float]] = []
     groups = 0
     drain_failure_counts(sources)  # what evaluation left in the counters is not this step's
     for r in range(rounds):
@@ -360,13 +364,24 @@ def collect(
         part = rollout(policy, tokenizer, rows, config)
         part.group = part.group + r * n_prompts  # distinct group ids across rounds
         score(part, rows, tokenizer, sources, config.rollout.num_generations)
+        assert part.rewards is not None
+        raw_rewards.append(part.rewards)  # the weighted sum as scored: what metrics report
+        if not is_plain(sources, config.reward_combiner):
+            fields = part.axis_fields() | {
+                "max_len": config.rollout.max_new_tokens,
+                "reference_rewards": reference_rewards(rows, config.rollout.num_generations),
+            }
+            seed = step_seed(config.seed, step, salt=5 + 100 * r)
+            part.rewards, shaped = shape_rewards(
+                part.scores, sources, config.reward_combiner, fields, state.rewards, seed
+            )
+            shaped_metrics.append(shaped | {"reward/shaped": float(part.rewards.mean())})
         if _needs(config, "baseline_rewards"):
             part.baseline_rewards = greedy_baseline(policy, tokenizer, rows, sources, config)
         if _needs(config, "old_logp") or _needs(config, "entropy"):
             part.old_logp, part.entropy = logprobs_and_entropy(
                 policy, part, config.rollout.temperature, config.train.micro_batch_size
             )
-        raw_rewards.append(part.rewards)
         part.rewards = transform_rewards(part, config)
         generated.append(part)
         if chooser is None or chooser.name is None:
@@ -386,6 +401,8 @@ def collect(
     metrics = rollout_metrics(every, every.scores, config) | drain_failure_counts(sources)
     if algo.reward_transforms and transformed is not None:
         metrics["reward/transformed"] = float(transformed.mean())
+    if shaped_metrics:  # per-source shaping: the mean over this step's rounds
+        metrics |= {k: sum(m[k] for m in shaped_metrics) / len(shaped_metrics) for k in shaped_metrics[0]}
     if chooser is not None:
         batch = _first_groups(batch, n_prompts)
         metrics |= {
@@ -394,6 +411,21 @@ def collect(
             "filter/kept_rows": float(batch.size),
         }
     return batch, metrics
+
+
+def reference_rewards(rows: list[Row], n: int) -> torch.Tensor | None:
+    """A dataset's ``reference_reward`` column (a number, or a list of numbers, per prompt),
+    repeated over each prompt's completions: the references of ``log_sigmoid`` / ``par``."""
+    if not rows or "reference_reward" not in rows[0]:
+        return None
+    try:
+        values = torch.tensor([row["reference_reward"] for row in rows], dtype=torch.float32)
+    except (TypeError, ValueError) as e:
+        raise RewardlabError(
+            "the dataset's reference_reward column must hold a number (or a list of the same "
+            f"length) in every row: {e}"
+        ) from None
+    return values.repeat_interleave(n, dim=0)
 
 
 def _first_groups(batch: RolloutBatch, n: int) -> RolloutBatch:
