@@ -248,8 +248,8 @@ def squash(
     center: float = 0.0,
 ) -> torch.Tensor:
     """Squash the rewards into a bounded range: tanh((r - center)/scale) in (-1, 1) or
-    sigmoid((r - center)/scale) in (0, 1). Listed as a baseline in "Reward Shaping to Mitigate Reward Hacking in RLHF"
-    (arXiv 2502.18770).
+    sigmoid((r - center)/scale) in (0, 1). Listed as a baseline in "Reward Shaping to
+    Mitigate Reward Hacking in RLHF" (arXiv 2502.18770).
 
     ``scale`` is in reward units: rewards further than a few ``scale`` from ``center`` saturate.
     The PAR authors' code has these as uncentred baselines (``sigmoid(k * r)``, ``tanh(r)``),
@@ -282,8 +282,8 @@ def normalize(
     per_batch: bool = False,
     eps: float = 1e-8,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Running mean/std normalization; returns ``(rewards, new_state)``. The mean/std baseline of "Reward Shaping to Mitigate Reward Hacking in
-    RLHF" (arXiv 2502.18770).
+    """Running mean/std normalization; returns ``(rewards, new_state)``. The mean/std
+    baseline of "Reward Shaping to Mitigate Reward Hacking in RLHF" (arXiv 2502.18770).
 
     r' = (r - mu) / max(sigma, eps), where mu and sigma^2 (population variance) are statistics
     of the rewards seen over training, *including this batch* (updated first, then applied, as
