@@ -57,7 +57,7 @@ def _config_error(name: str, **args: Any) -> str:
 
 
 def test_every_rule_reward_is_registered_next_to_the_old_ones() -> None:
-    assert set(NEW) | {"exact_match", "math_verify", "regex_format", "length_penalty"} == set(
+    assert set(NEW) | {"exact_match", "math_verify", "regex_format", "length_penalty"} <= set(
         REWARD_FACTORIES
     )
 

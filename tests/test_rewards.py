@@ -82,7 +82,7 @@ def test_registry_lists_the_built_ins() -> None:
     # the rule sources of the rewards issue (tests/test_reward_rules.py tests each)
     assert {
         "numeric", "multiple_choice", "format", "length", "cosine_length", "repetition", "overlong",
-        "tool_call", "bleu",
+        "tool_call", "bleu", "code_exec",
     } <= set(REWARD_FACTORIES)
 
 

@@ -316,6 +316,7 @@ from rewardlab.rewards.rules import (
     think_answer_format,
     tool_call,
 )
+from rewardlab.rewards.sandbox import code_exec
 
 REWARD_FACTORIES: dict[str, RewardFactory] = {
     "exact_match": exact_match,
@@ -331,4 +332,5 @@ REWARD_FACTORIES: dict[str, RewardFactory] = {
     "overlong": overlong,
     "tool_call": tool_call,
     "bleu": bleu,
+    "code_exec": code_exec,
 }

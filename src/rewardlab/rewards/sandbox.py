@@ -23,7 +23,9 @@ Enforced by the kernel (hold even against native code):
 - **No child processes or threads**: ``RLIMIT_NPROC`` = 0 (counted per user, and ignored for
   root: so when rewardlab runs as root the child first drops to ``nobody``, which also means
   it cannot signal, ptrace or read the files of root's processes, nor write anywhere that is
-  not world-writable). ``PR_SET_NO_NEW_PRIVS`` stops setuid binaries regaining privileges.
+  not world-writable). ``exec`` itself is not stopped by the kernel (only by the hook), but
+  whatever is exec'd keeps every limit, namespace and the uid, and ``PR_SET_NO_NEW_PRIVS``
+  stops setuid binaries regaining privileges.
 - With ``unshare`` (see :func:`sandbox_isolation`): **no network** (an empty network
   namespace: only a loopback that is down; abstract unix sockets are per namespace too) and,
   with a private mount namespace, **a private file system view**: the working folder is a
@@ -32,7 +34,9 @@ Enforced by the kernel (hold even against native code):
   ``/sbin``, ``/lib*``, ``/proc``, ``/dev``, ``/sys`` (and ``/nix``, ``/gnu``) is covered by
   an empty read-only ``tmpfs`` (so ``/etc``, ``/home``, ``/root``, your project, ...), as is
   ``/dev/shm``; top-level files are covered by ``/dev/null``. The standard library stays
-  reachable through folder descriptors opened before. The mounts die with the child.
+  reachable through folder descriptors opened before. The mounts die with the child. There
+  is no PID namespace: ``/proc`` still shows other processes (their command lines, not
+  their memory or environment, which need the same uid).
 
 Enforced only by an audit hook (``sys.addaudithook``, installed before the program runs; it
 cannot be removed from Python, but it is *not* a security boundary: native code, an
@@ -71,6 +75,7 @@ import secrets
 import selectors
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -95,6 +100,7 @@ __all__ = [
     "SandboxResult",
     "SandboxUnavailable",
     "code_exec",
+    "extract_code",
     "run_sandboxed",
     "sandbox_isolation",
 ]
@@ -119,7 +125,6 @@ _EXIT_BLOCKED = 123
 _EXIT_SETUP = 124
 
 _NOBODY = 65534
-_KiB = 1024
 _MiB = 1024 * 1024
 
 
@@ -132,14 +137,14 @@ class SandboxResult:
     """What one sandboxed run did.
 
     ``status`` is one of :data:`STATUSES`. ``exit_code`` is the child's return code
-    (negative: killed by that signal; None only if it was never started). ``stdout`` and
+    (negative: killed by that signal). ``stdout`` and
     ``stderr`` are decoded as UTF-8 (bad bytes replaced) and cut at ``max_output_bytes``
     (``truncated`` says so). ``checks_passed`` is None without a check, else whether the
     check ran to its end.
     """
 
     status: str
-    exit_code: int | None
+    exit_code: int
     stdout: str
     stderr: str
     wall_seconds: float
@@ -276,7 +281,7 @@ def _launch():
         R.setrlimit(R.RLIMIT_NPROC, (0, 0))
     except (OSError, ValueError) as e:
         fail("RLIMIT_NPROC: %r" % (e,))
-    if libc is not None:
+    if libc is not None and hasattr(libc, "prctl"):
         libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
         libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG = SIGKILL
     if os.getppid() != ppid:
@@ -726,8 +731,6 @@ def _spawn_and_wait(
     wall_seconds: float,
     cap: int,
 ) -> SandboxResult:
-    import subprocess
-
     started = time.monotonic()
     proc = subprocess.Popen(
         argv,
