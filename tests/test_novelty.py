@@ -189,6 +189,15 @@ def test_load_state_dict_rejects_another_kind():
         novelty_ngram().load_state_dict(state)
 
 
+def test_empty_embedding_state_round_trips_without_loading_the_model():
+    bonus = novelty_embedding()
+    state = _through_checkpoint(bonus.state_dict())
+    resumed = novelty_embedding()
+    resumed.load_state_dict(state)
+    assert len(resumed) == 0 and resumed.steps_observed == 0
+    assert resumed.measure.encoder._model is None
+
+
 def test_mismatched_lengths_are_an_error():
     with pytest.raises(ValueError):
         novelty_ngram().observe(["p"], ["a", "b"])
@@ -227,9 +236,7 @@ def test_scores_pass_the_reward_contract():
     bonus = novelty_ngram()
     assert isinstance(bonus, NoveltyBonus) and bonus.__name__ == "novelty_ngram"
     source = RewardSource("novelty_ngram", 1.0, bonus)
-    scores = score_completions(
-        [source], ["p", "p"], ["a b c", "d e f"], {"answer": ["x", "x"]}
-    )
+    scores = score_completions([source], ["p", "p"], ["a b c", "d e f"], {"answer": ["x", "x"]})
     assert scores["novelty_ngram"].tolist() == [1.0, 1.0]
 
 
@@ -276,12 +283,11 @@ def test_embedding_episodic_and_state_round_trip(encoder_bonus):
     bonus.measure.encoder = encoder_bonus.measure.encoder
     prompts = ["p", "p", "p"]
     completions = [PARAPHRASE, HISTORY[0], UNRELATED]
-    first = bonus(prompts, completions)  # no history yet: the product equals the episodic part
-    assert first == pytest.approx(
-        novelty_embedding(scope="episodic")._with(encoder_bonus)(prompts, completions)
-        if hasattr(NoveltyBonus, "_with")
-        else first
-    )
+    episodic = novelty_embedding(scope="episodic")
+    episodic.measure.encoder = encoder_bonus.measure.encoder
+    first = bonus(prompts, completions)
+    # No history yet: global novelty is 1.0, so the product is the episodic part alone.
+    assert first == pytest.approx(episodic(prompts, completions))
     assert first[2] > first[0]  # the unrelated one stands out within its group
     bonus.observe(prompts, completions)
     state = _through_checkpoint(bonus.state_dict())

@@ -22,6 +22,7 @@ from rewardlab.rewards import (
     RewardSource,
     build_reward_sources,
     combine_rewards,
+    drain_failure_counts,
     reward_metrics,
     score_completions,
 )
@@ -360,15 +361,31 @@ def test_bad_return_values_name_reward_and_row(returned: Any, expected: str) -> 
         score_completions([RewardSource("my_mod:f", 1.0, _fn(returned))], ["p"] * 4, ["c"] * 4, {})
 
 
-def test_exception_in_user_code_propagates_with_a_note() -> None:
+def test_exception_in_user_code_names_the_reward_row_and_line() -> None:
     def buggy_reward(prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
-        return [1.0 / 0 for _ in completions]
+        return [1.0 / len(c) for c in completions]  # an empty completion divides by zero
 
-    with pytest.raises(ZeroDivisionError) as excinfo:
-        score_completions([RewardSource("mine", 1.0, buggy_reward)], ["p"], ["c"], {})
-    assert excinfo.value.__notes__ == ["raised while scoring reward 'mine'"]
-    frames = [frame.name for frame in traceback.extract_tb(excinfo.value.__traceback__)]
-    assert "buggy_reward" in frames
+    source = RewardSource("mine", 1.0, buggy_reward)
+    with pytest.raises(RewardlabError) as excinfo:
+        score_completions([source], ["p", "q"], ["ok", ""], {})
+    message = str(excinfo.value)
+    assert "reward 'mine' raised ZeroDivisionError" in message
+    assert "on completion 1 (prompt 'q', completion '')" in message
+    assert "test_rewards.py:" in message  # where in the user's code it raised
+    cause = excinfo.value.__cause__
+    assert isinstance(cause, ZeroDivisionError)  # the user's traceback stays reachable
+    assert "buggy_reward" in [frame.name for frame in traceback.extract_tb(cause.__traceback__)]
+
+
+def test_on_error_fallback_scores_bad_rows_and_counts_them() -> None:
+    def flaky(prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
+        return [1.0 / len(c) if c != "nan" else math.nan for c in completions]
+
+    source = RewardSource("flaky", 1.0, flaky, on_error="fallback", fallback=-1.0)
+    scores = score_completions([source], ["p"] * 4, ["ab", "", "nan", "a"], {})
+    assert scores["flaky"].tolist() == [0.5, -1.0, -1.0, 1.0]
+    assert drain_failure_counts([source]) == {"failures/flaky/raised": 1.0, "failures/flaky/not_finite": 1.0}
+    assert drain_failure_counts([source]) == {}  # drained
 
 
 def test_mismatched_batch_lists_are_a_programming_error() -> None:

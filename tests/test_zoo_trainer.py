@@ -20,7 +20,7 @@ from rewardlab.models.logprobs import batch_logprobs
 from rewardlab.rewards import build_reward_sources
 from rewardlab.rollout.hf import SamplingParams, generate
 from rewardlab.trainers.learner import batch_slices, micro_batch_loss
-from rewardlab.trainers.online import AlgorithmState, collect, prepare, train
+from rewardlab.trainers.online import AlgorithmState, collect, prepare, run_eval, train
 
 TESTS = Path(__file__).parent
 
@@ -108,8 +108,15 @@ def test_pf_ppo_keeps_the_best_and_worst_of_each_group(tmp_path: Path) -> None:
          ],
          "reward_combiner": {"name": "constrained", "params": {
              "thresholds": {"dense_rewards:constant_on_even_prompts": 0.9}, "lr": 0.5}}},
+        {"rewards": [
+            {"name": "dense_rewards:digit_fraction"},
+            {"name": "novelty_ngram", "weight": 0.5, "args": {"scope": "both", "decay": 0.9}},
+         ]},
     ],
-    ids=["bnpo_state", "dapo_cursor", "ppo_critic", "adaptive_coefficients", "reward_shaping_state"],
+    ids=[
+        "bnpo_state", "dapo_cursor", "ppo_critic", "adaptive_coefficients", "reward_shaping_state",
+        "novelty_history",
+    ],
 )
 def test_resume_is_exact_with_algorithm_state(tmp_path: Path, overrides: dict[str, Any]) -> None:
     settings = {"checkpoint.every": 2, **overrides}
@@ -285,3 +292,20 @@ def test_per_source_transforms_and_combiner_shape_the_reward(tmp_path: Path) -> 
         # almost nothing passes; the logged reward is still the plain weighted sum as scored
         assert m["reward/shaped"] <= 0.1 + 1e-6
         assert m["reward"] == pytest.approx(m["reward/dense_rewards:digit_fraction"], abs=1e-6)
+
+
+def test_novelty_bonus_remembers_training_generations_only(tmp_path: Path) -> None:
+    config = _config(tmp_path / "run", **{
+        "rewards": [{"name": "novelty_ngram", "args": {"scope": "global", "history_size": 10_000}}],
+        "train.steps": 2, "eval.every": 1,
+    })
+    policy, tokenizer, prompts, sources = _pieces(config)
+    bonus = sources[0].fn
+    state = AlgorithmState.start(config)
+    batch, metrics = collect(policy, tokenizer, prompts, sources, config, state, 1)
+    assert len(bonus) == batch.size and bonus.steps_observed == 1  # one observe per step
+    assert metrics["reward/novelty_ngram"] == 1.0  # nothing to compare with yet
+    batch, metrics = collect(policy, tokenizer, prompts, sources, config, state, 2)
+    assert len(bonus) == 2 * batch.size and metrics["reward/novelty_ngram"] < 1.0
+    run_eval(policy, tokenizer, prompts, sources, config, None, 2)  # evaluation only scores
+    assert len(bonus) == 2 * batch.size and bonus.steps_observed == 2

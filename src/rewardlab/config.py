@@ -77,6 +77,12 @@ class RewardSpec(Section):
     weight: float = 1.0
     args: dict[str, Any] = Field(default_factory=dict)
     transforms: list[RewardTransformChoice] = Field(default_factory=list)
+    on_error: Literal["raise", "fallback"] = Field(
+        "raise",
+        description="a completion whose scoring raises or gives NaN/inf: stop with an error "
+        "naming it, or score it `fallback` and count it (failures/<name>/raised|not_finite)",
+    )
+    fallback: float = 0.0
 
     @model_validator(mode="after")
     def _check_transforms(self) -> RewardSpec:

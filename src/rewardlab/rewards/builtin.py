@@ -305,6 +305,7 @@ def length_penalty(max_chars: int, coef: float = 1.0) -> RewardFn:
 
 # The rule rewards live in rules.py, which imports the helpers above from this module: import
 # it only now, once they are all defined.
+from rewardlab.rewards.novelty import novelty_embedding, novelty_ngram
 from rewardlab.rewards.rules import (
     bleu,
     cosine_length,
@@ -333,4 +334,6 @@ REWARD_FACTORIES: dict[str, RewardFactory] = {
     "tool_call": tool_call,
     "bleu": bleu,
     "code_exec": code_exec,
+    "novelty_ngram": novelty_ngram,
+    "novelty_embedding": novelty_embedding,
 }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -44,6 +45,9 @@ class RewardSource:
     weight: float
     fn: Callable[..., Any]
     transforms: list[Any] = field(default_factory=list)  # RewardTransformChoice, in order
+    on_error: str = "raise"  # or "fallback": bad rows score `fallback` and are counted
+    fallback: float = 0.0
+    failures: Counter[str] = field(default_factory=Counter)  # rows that fell back, by reason
 
 
 def build_reward_sources(specs: list[RewardSpec], task: Task | None) -> list[RewardSource]:
@@ -61,7 +65,14 @@ def build_reward_sources(specs: list[RewardSpec], task: Task | None) -> list[Rew
         name = _unique(spec.name, taken)
         taken.add(name)
         sources.append(
-            RewardSource(name, float(spec.weight), _resolve(i, spec, task), list(spec.transforms))
+            RewardSource(
+                name,
+                float(spec.weight),
+                _resolve(i, spec, task),
+                list(spec.transforms),
+                spec.on_error,
+                float(spec.fallback),
+            )
         )
     return sources
 

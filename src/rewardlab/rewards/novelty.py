@@ -153,7 +153,7 @@ class _NgramMeasure:
     def features(self, texts: list[str]) -> list[list[str]]:
         return [tokenize(t) for t in texts]
 
-    def entries(self, texts: list[str], features: list[list[str]]) -> list[str]:
+    def entries(self, texts: list[str]) -> list[str]:
         return list(texts)  # history keeps the text; the token lists are rebuilt when needed
 
     def references(self, entries: Sequence[str]) -> _NgramReferences:
@@ -256,8 +256,8 @@ class _EmbeddingMeasure:
         self._last = (key, embeddings)
         return embeddings
 
-    def entries(self, texts: list[str], features: torch.Tensor) -> list[torch.Tensor]:
-        return [row.clone() for row in features]
+    def entries(self, texts: list[str]) -> list[torch.Tensor]:
+        return [row.clone() for row in self.features(texts)]
 
     def references(self, entries: Sequence[torch.Tensor]) -> torch.Tensor | None:
         return torch.stack(list(entries)) if entries else None
@@ -385,8 +385,7 @@ class NoveltyBonus:
             raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
         entries: list[Any] = []
         if self.scope != "episodic" and completions:
-            texts = list(completions)
-            entries = self.measure.entries(texts, self.measure.features(texts))
+            entries = self.measure.entries(list(completions))
         with self._lock:
             self._history.extend(entries)
             self.steps_observed += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import traceback
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -25,9 +26,11 @@ def score_completions(
 ) -> dict[str, torch.Tensor]:
     """Score a batch with every source: name -> float32 tensor ``[B]``, NaN where n/a.
 
-    Each fn is called as ``fn(prompts, completions, **columns)``. A bad return value is a
-    RewardlabError naming the reward and the row; an exception raised inside a fn propagates
-    with its own traceback plus a note naming the reward.
+    Each fn is called as ``fn(prompts, completions, **columns)``. A return value of the wrong
+    shape or type is a RewardlabError naming the reward. A fn that raises, or a NaN / inf
+    score, is a RewardlabError naming the reward and the completion (found by scoring the rows
+    one at a time), unless the source's ``on_error`` is ``fallback``: then those rows score
+    ``fallback`` and are counted in ``source.failures`` (``raised`` / ``not_finite``).
     """
     batch = len(completions)
     _check_lengths(batch, prompts, columns)
@@ -36,12 +39,41 @@ def score_completions(
         _check_args_vs_columns(source, columns)
         try:
             returned = source.fn(prompts, completions, **columns)
-        except Exception as err:
-            err.add_note(f"raised while scoring reward '{source.name}'")
-            raise
-        values = _validate(source.name, returned, batch)
+        except RewardlabError:
+            raise  # already a clear message about the user's data or config
+        except Exception:  # noqa: BLE001 - any bug in a user's reward: find and name the row
+            values = _score_row_by_row(source, prompts, completions, columns)
+        else:
+            values = _validate(source, returned, batch)
         scores[source.name] = torch.tensor(values, dtype=torch.float32)
     return scores
+
+
+def _score_row_by_row(
+    source: RewardSource, prompts: list[str], completions: list[str], columns: Mapping[str, list[Any]]
+) -> list[float]:
+    """After a batch call raised: score each row alone, to name the row that raises (or, with
+    ``on_error: fallback``, to keep the rows that score)."""
+    values = []
+    for row in range(len(completions)):
+        one = {k: v[row : row + 1] for k, v in columns.items()}
+        try:
+            returned = source.fn(prompts[row : row + 1], completions[row : row + 1], **one)
+        except RewardlabError:
+            raise
+        except Exception as err:
+            if source.on_error != "fallback":
+                raise RewardlabError(
+                    f"reward '{source.name}' raised {type(err).__name__}: {err} ({_where(err)}) "
+                    f"on completion {row} (prompt {_show(prompts[row])}, completion "
+                    f"{_show(completions[row])}); fix the reward, or set on_error: fallback on "
+                    "it to score such rows `fallback` and count them"
+                ) from err
+            source.failures["raised"] += 1
+            values.append(source.fallback)
+            continue
+        values += _validate(source, returned, 1, first_row=row)
+    return values
 
 
 def _check_lengths(batch: int, prompts: list[str], columns: Mapping[str, list[Any]]) -> None:
@@ -67,8 +99,9 @@ def _check_args_vs_columns(source: RewardSource, columns: Mapping[str, list[Any]
         )
 
 
-def _validate(name: str, returned: Any, batch: int) -> list[float]:
+def _validate(source: RewardSource, returned: Any, batch: int, first_row: int = 0) -> list[float]:
     """The scores as floats with NaN for None, or a RewardlabError saying what is wrong."""
+    name = source.name
     if hasattr(returned, "tolist") and not isinstance(returned, (str, bytes)):
         returned = returned.tolist()  # a tensor or ndarray: compare as plain Python numbers
     if isinstance(returned, (str, bytes)) or not isinstance(returned, Sequence):
@@ -81,10 +114,11 @@ def _validate(name: str, returned: Any, batch: int) -> list[float]:
             f"reward '{name}' returned {len(returned)} scores for {batch} completions; "
             f"{_CONTRACT}"
         )
-    return [_one_score(name, row, value) for row, value in enumerate(returned)]
+    return [_one_score(source, first_row + row, value) for row, value in enumerate(returned)]
 
 
-def _one_score(name: str, row: int, value: Any) -> float:
+def _one_score(source: RewardSource, row: int, value: Any) -> float:
+    name = source.name
     if value is None:
         return math.nan
     # bool is an int subclass, but True is almost surely a forgotten float(...) or a bug.
@@ -92,13 +126,26 @@ def _one_score(name: str, row: int, value: Any) -> float:
         as_float = float(value)
         if math.isfinite(as_float):
             return as_float
+        if source.on_error == "fallback":
+            source.failures["not_finite"] += 1
+            return source.fallback
         raise RewardlabError(
             f"reward '{name}' returned {as_float} for completion {row}; {_CONTRACT} "
-            "(finite; return None, not NaN, when the reward does not apply)"
+            "(finite; return None, not NaN, when the reward does not apply; or set "
+            "on_error: fallback on the reward to score such rows `fallback` and count them)"
         )
     raise RewardlabError(
         f"reward '{name}' returned {_show(value)} for completion {row}; {_CONTRACT}"
     )
+
+
+def _where(err: BaseException) -> str:
+    """``file:line in function`` of the innermost frame of ``err``'s traceback."""
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return "no traceback"
+    last = frames[-1]
+    return f"{last.filename}:{last.lineno} in {last.name}"
 
 
 def _show(value: Any) -> str:
@@ -109,13 +156,16 @@ def _show(value: Any) -> str:
 def drain_failure_counts(sources: Sequence[RewardSource]) -> dict[str, float]:
     """``failures/<name>/<reason>`` counts since the last call, from rewards that count
     the rows they could not really score (math_verify: timeouts, unparsable references,
-    completions without an answer); the counters restart at zero."""
+    completions without an answer; code_exec: timeouts, blocked calls, ...) and from the
+    ``on_error: fallback`` rows (``raised``, ``not_finite``); the counters restart at zero."""
     out: dict[str, float] = {}
     for source in sources:
-        failures = getattr(source.fn, "failures", None)
-        if isinstance(failures, Counter):
-            out |= {f"failures/{source.name}/{k}": float(v) for k, v in failures.items()}
-            failures.clear()
+        for failures in (getattr(source.fn, "failures", None), source.failures):
+            if isinstance(failures, Counter):
+                for reason, count in failures.items():
+                    key = f"failures/{source.name}/{reason}"
+                    out[key] = out.get(key, 0.0) + float(count)
+                failures.clear()
     return out
 
 

@@ -153,6 +153,9 @@ def train(
         saved = load_checkpoint(latest_checkpoint(run_dir), policy, optimizer, scheduler)
         start = saved.step
         state = restore_state(saved.extra, config, start, critic)
+        for source in sources:
+            if source.name in saved.extra.get("reward_sources", {}):
+                source.fn.load_state_dict(saved.extra["reward_sources"][source.name])
     check_sinks(config.logging.sinks)
     save_run_config(config, run_dir)  # on resume too: it may run longer than first planned
     sinks = make_sinks(
@@ -188,7 +191,10 @@ def train(
                 result.last_eval = ev
             log_metrics(sinks, step, metrics, on_step)
             if _due(step, config.checkpoint.every, steps):
-                extra: dict[str, Any] = {"algorithm": state.to_dict()}
+                extra: dict[str, Any] = {
+                    "algorithm": state.to_dict(),
+                    "reward_sources": reward_source_states(sources),
+                }
                 if critic is not None:
                     extra["critic"] = critic.state_dict()
                 save_checkpoint(run_dir, policy, optimizer, scheduler, step, extra, config.checkpoint.keep)
@@ -356,6 +362,8 @@ def collect(
     generated: list[RolloutBatch] = []
     raw_rewards: list[torch.Tensor] = []
     shaped_metrics: list[dict[str, float]] = []
+    seen_prompts: list[str] = []
+    seen_completions: list[str] = []
     groups = 0
     drain_failure_counts(sources)  # what evaluation left in the counters is not this step's
     for r in range(rounds):
@@ -364,6 +372,8 @@ def collect(
         part = rollout(policy, tokenizer, rows, config)
         part.group = part.group + r * n_prompts  # distinct group ids across rounds
         score(part, rows, tokenizer, sources, config.rollout.num_generations)
+        seen_prompts += [row["prompt"] for row in rows for _ in range(config.rollout.num_generations)]
+        seen_completions += decode_completions(tokenizer, part)
         assert part.rewards is not None
         raw_rewards.append(part.rewards)  # the weighted sum as scored: what metrics report
         if not is_plain(sources, config.reward_combiner):
@@ -394,6 +404,7 @@ def collect(
         groups += int(torch.unique(part.group).numel())
         if groups >= n_prompts:
             break
+    observe_generations(sources, seen_prompts, seen_completions)
     every = concat_batches(generated, tokenizer.pad_token_id)
     batch = concat_batches(kept, tokenizer.pad_token_id)
     transformed = every.rewards
@@ -411,6 +422,20 @@ def collect(
             "filter/kept_rows": float(batch.size),
         }
     return batch, metrics
+
+
+def observe_generations(sources: list[RewardSource], prompts: list[str], completions: list[str]) -> None:
+    """Let stateful rewards (novelty bonuses) remember this step's training generations, once
+    per step; evaluation only scores, so it never changes them."""
+    for source in sources:
+        observe = getattr(source.fn, "observe", None)
+        if callable(observe):
+            observe(prompts, completions)
+
+
+def reward_source_states(sources: list[RewardSource]) -> dict[str, Any]:
+    """The state of every reward source that has one (a novelty bonus's history)."""
+    return {s.name: s.fn.state_dict() for s in sources if callable(getattr(s.fn, "state_dict", None))}
 
 
 def reference_rewards(rows: list[Row], n: int) -> torch.Tensor | None:
