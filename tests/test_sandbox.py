@@ -142,6 +142,11 @@ def test_main_block_and_early_exit_in_assert_mode() -> None:
 # ---------------------------------------------------------------------------- hostile
 
 
+# A checkout under /tmp lies inside the sandbox's working root: there the audit hook lets the
+# read through to the sandbox's own empty /tmp, where the file does not exist (an "error",
+# FileNotFoundError); elsewhere the hook refuses it ("blocked"). Either way nothing leaks.
+_PROJECT = "error" if str(REPO).startswith("/tmp/") else "blocked"
+
 HOSTILE = {
     # name: (program, expected status)
     "infinite_loop": ("while True:\n    pass\n", "timeout"),
@@ -149,8 +154,8 @@ HOSTILE = {
     "fork_bomb": ("import os\nwhile True:\n    os.fork()\n", "blocked"),
     "huge_allocation": ("x = bytearray(10**10)\n", "memory"),
     "read_etc_passwd": ("print(open('/etc/passwd').read())\n", "blocked"),
-    "read_project": (f"print(open({str(REPO / 'pyproject.toml')!r}).read())\n", "blocked"),
-    "list_project": (f"import os\nprint(os.listdir({str(REPO)!r}))\n", "blocked"),
+    "read_project": (f"print(open({str(REPO / 'pyproject.toml')!r}).read())\n", _PROJECT),
+    "list_project": (f"import os\nprint(os.listdir({str(REPO)!r}))\n", _PROJECT),
     "write_outside": ("open('/var/tmp/rewardlab-escape.txt', 'w').write('x')\n", "blocked"),
     "write_dotdot": ("open('../escape.txt', 'w').write('x')\n", "blocked"),
     "socket_connect": (
@@ -176,6 +181,8 @@ def test_hostile_program_is_contained(name: str) -> None:
     assert "root:" not in result.stdout and "[project]" not in result.stdout
     if expected == "blocked":
         assert "SandboxViolation" in result.stderr
+    if expected == "error":  # the project's files are not there at all
+        assert "FileNotFoundError" in result.stderr
 
 
 def test_hostile_completions_score_zero_and_are_counted() -> None:

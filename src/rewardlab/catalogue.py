@@ -25,10 +25,11 @@ def catalogue() -> dict[str, Any]:
 
 
 def _registries() -> dict[str, Any]:
-    """The algorithm axes plus the reward side's combiners (reward transforms are an axis)."""
+    """The online-RL axes, the reward combiners and the preference losses."""
+    from rewardlab.algorithms import PREFERENCE_LOSSES
     from rewardlab.rewards.combiners import REWARD_COMBINERS
 
-    return {**AXES, "reward_combiner": REWARD_COMBINERS}
+    return {**AXES, "reward_combiner": REWARD_COMBINERS, "preference_loss": PREFERENCE_LOSSES}
 
 
 def _first_paragraph(fn: Any) -> str:

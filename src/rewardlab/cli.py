@@ -54,7 +54,10 @@ def train(
         Path | None, typer.Option(help="Continue the run in this folder from its last checkpoint.")
     ] = None,
 ) -> None:
-    """Online RL (GRPO, Dr. GRPO, RLOO, ...): generate, score, update, evaluate, checkpoint."""
+    """Online RL (GRPO, Dr. GRPO, RLOO, ...): generate, score, update, evaluate, checkpoint.
+
+    A config with a ``preference:`` section runs offline preference optimization (DPO, IPO,
+    SimPO, KTO, ...) on prompt/chosen/rejected pairs instead."""
     from rewardlab.config import RunConfig, load_config
     from rewardlab.trainers.common import CONFIG_FILE
     from rewardlab.trainers.online import train as run_train
@@ -62,6 +65,11 @@ def train(
     _quiet_libraries()
     if resume is not None and config is None:
         config = resume / CONFIG_FILE  # the run's own resolved config
+    if _is_preference_config(config, set_):
+        if resume is not None:
+            raise RewardlabError("--resume: preference runs cannot be resumed yet; start the run again")
+        _train_preference(config, set_)
+        return
     cfg = load_config(RunConfig, config, set_)
     from rewardlab.tracking.progress import ProgressView
 
@@ -71,6 +79,30 @@ def train(
     _print_eval("before", result.first_eval)
     _print_eval("after", result.last_eval)
     console.print(f"run folder: {result.run_dir}  (report: {result.run_dir / 'report'})")
+
+
+def _is_preference_config(config: Path | None, set_: list[str] | None) -> bool:
+    """A config with a ``preference:`` section (in the file or set with --set) is an offline
+    preference-optimization run."""
+    from rewardlab.config import load_yaml
+
+    in_file = config is not None and "preference" in load_yaml(config)
+    return in_file or any(item.split("=", 1)[0].strip().split(".")[0] == "preference" for item in set_ or [])
+
+
+def _train_preference(config: Path | None, set_: list[str] | None) -> None:
+    from rewardlab.config import PreferenceConfig, load_config
+    from rewardlab.tracking.progress import ProgressView
+    from rewardlab.trainers.preference import train_preference
+
+    cfg = load_config(PreferenceConfig, config, set_)
+    title = "+".join(loss.name.upper() for loss in cfg.preference.losses)
+    with ProgressView(title, err_console) as view:
+        result = train_preference(cfg, on_start=view.start, on_step=view.step)
+    _print_skipped(result.skipped_rows)
+    _print_eval("before", result.first_eval)
+    _print_eval("after", result.last_eval)
+    console.print(f"run folder: {result.run_dir}  ({result.steps} steps, {result.seconds:.0f} s)")
 
 
 @app.command()

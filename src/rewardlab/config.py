@@ -368,6 +368,62 @@ class SFTConfig(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
 
+class PreferenceLossChoice(Section):
+    """One preference loss (``dpo``, ``ipo``, ``simpo``, ``kto``, ...) and its weight; several
+    may be combined."""
+
+    name: str
+    weight: float = 1.0
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PreferenceSection(Section):
+    """What a preference run optimizes (its presence marks a config as a preference run)."""
+
+    losses: list[PreferenceLossChoice] = Field(
+        default_factory=lambda: [PreferenceLossChoice(name="dpo")], min_length=1
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PreferenceSection:
+        from rewardlab.algorithms.preference_losses import PREFERENCE_LOSSES
+
+        try:
+            for i, item in enumerate(self.losses):
+                PREFERENCE_LOSSES.check_params(item.name, item.params, f"preference.losses.{i}.params")
+        except RegistryError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+
+class PreferenceTrainConfig(Section):
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(16, ge=1, description="pairs per optimizer step")
+    micro_batch_size: int = Field(16, ge=1, description="pairs per forward/backward")
+    max_seconds: float | None = Field(None, gt=0, description="stop early after this long")
+    optim: SFTOptimConfig = Field(default_factory=SFTOptimConfig)
+
+
+class PreferenceConfig(Section):
+    """An offline preference-optimization run (``rewardlab train`` on a config with a
+    ``preference:`` section): pairs ``prompt`` / ``chosen`` / ``rejected`` from a dataset, or
+    built from a task (chosen = the right answer, rejected = a wrong one)."""
+
+    seed: int = 0
+    run_dir: str | None = None
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(name="task")],
+        description="the gold reward of evaluation (greedy and sampled completions)",
+    )
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    preference: PreferenceSection = Field(default_factory=PreferenceSection)
+    train: PreferenceTrainConfig = Field(default_factory=PreferenceTrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+
 # --- loading ---------------------------------------------------------------------------------
 
 

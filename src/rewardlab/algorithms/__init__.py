@@ -7,6 +7,8 @@ from rewardlab.algorithms import (  # noqa: F401
     filters,
     kl,
     policy_losses,
+    preference_losses,
+    preference_losses_more,
     reward_transforms,
     shaping,
     token_masks,
@@ -17,6 +19,7 @@ from rewardlab.algorithms.corrections import CORRECTIONS
 from rewardlab.algorithms.filters import BATCH_FILTERS
 from rewardlab.algorithms.kl import KL_ESTIMATORS
 from rewardlab.algorithms.policy_losses import POLICY_LOSSES
+from rewardlab.algorithms.preference_losses import PREFERENCE_LOSSES
 from rewardlab.algorithms.recipes import RECIPES
 from rewardlab.algorithms.reward_transforms import REWARD_TRANSFORMS
 from rewardlab.algorithms.token_masks import TOKEN_MASKS
@@ -42,6 +45,7 @@ __all__ = [
     "CORRECTIONS",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
+    "PREFERENCE_LOSSES",
     "RECIPES",
     "REWARD_TRANSFORMS",
     "TOKEN_MASKS",

@@ -10,6 +10,9 @@ Row shapes:
   ``{"role", "content"}`` with roles system/user/assistant/tool).
 * ``kind="sft"``: ``prompt`` + ``completion`` strings, or ``messages`` ending with an
   assistant message (the completion; the messages before it are the prompt).
+* ``kind="pair"``: ``prompt`` (a string, or a list of messages) + ``chosen`` and ``rejected``
+  (strings, or lists of messages ending with the assistant's reply), as TRL's preference
+  format (standard or conversational).
 
 Any other columns stay in the row untouched, so reward functions can read them.
 
@@ -29,7 +32,7 @@ from typing import Any, Literal
 
 from rewardlab.errors import DataError
 
-Kind = Literal["prompt", "sft"]
+Kind = Literal["prompt", "sft", "pair"]
 
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".jsonl", ".json", ".parquet")
@@ -89,8 +92,8 @@ def load_rows(
         DataError: missing path, unsupported format, unreadable file, empty dataset, a bad
             row (unless ``skip_bad_rows``), or no good rows at all.
     """
-    if kind not in ("prompt", "sft"):
-        raise ValueError(f"kind must be 'prompt' or 'sft', got {kind!r}")
+    if kind not in ("prompt", "sft", "pair"):
+        raise ValueError(f"kind must be 'prompt', 'sft' or 'pair', got {kind!r}")
     source = str(path)
     raw, label = _read_raw_rows(Path(path), source, split, split_key)
     if not raw:
@@ -282,7 +285,8 @@ def _check_required_columns_exist(
 
 def _row_problem(row: dict[str, Any], kind: Kind, required_columns: Sequence[str]) -> str | None:
     """First problem with one row, or None when it is usable."""
-    problem = _prompt_row_problem(row) if kind == "prompt" else _sft_row_problem(row)
+    checks = {"prompt": _prompt_row_problem, "sft": _sft_row_problem, "pair": _pair_row_problem}
+    problem = checks[kind](row)
     if problem is not None:
         return problem
     for column in required_columns:
@@ -334,6 +338,43 @@ def _sft_row_problem(row: dict[str, Any]) -> str | None:
         ("prompt", "completion", "messages"),
         "'prompt' and 'completion' strings or a 'messages' list ending with an assistant message",
     )
+
+
+def _pair_row_problem(row: dict[str, Any]) -> str | None:
+    """Check a ``kind="pair"`` row: a prompt, and a chosen and a rejected completion."""
+    wanted = ("prompt", "chosen", "rejected")
+    missing = [name for name in wanted if not _present(row, name)]
+    if missing:
+        return _neither_message(row, wanted, "'prompt', 'chosen' and 'rejected'")
+    prompt = row["prompt"]
+    if isinstance(prompt, list):
+        problem = _messages_problem(prompt)
+    else:
+        problem = _string_problem(prompt, "prompt", messages_hint=True)
+    if problem is not None:
+        return problem
+    for name in ("chosen", "rejected"):
+        value = row[name]
+        if isinstance(value, list):
+            problem = _messages_problem(value)
+            if problem is None and (not value or value[-1].get("role") != "assistant"):
+                problem = f"field '{name}' is a list of messages but does not end with an assistant message"
+        else:
+            problem = _string_problem(value, name, messages_hint=False)
+        if problem is not None:
+            return problem
+    return None
+
+
+def render_pair_prompt(row: dict[str, Any], tokenizer: Any) -> str:
+    """The prompt of a validated pair row (a messages list goes through the chat template)."""
+    prompt = row["prompt"]
+    return prompt if isinstance(prompt, str) else _apply_chat_template(prompt, tokenizer)
+
+
+def render_pair_side(value: str | list[dict[str, Any]]) -> str:
+    """A validated ``chosen`` / ``rejected`` value as text: the assistant's final reply."""
+    return value if isinstance(value, str) else value[-1]["content"]
 
 
 def _sft_messages_problem(messages: Any) -> str | None:
