@@ -120,7 +120,7 @@ def test_missing_num_examples_for_a_task_is_a_clear_error() -> None:
 
 def test_loss_fields_views_of_a_pair_batch(tmp_path: Path) -> None:
     config = _config(tmp_path)
-    policy, tokenizer = load_policy(config.model, seed=0)
+    _, tokenizer = load_policy(config.model, seed=0)
     pairs, _ = preference_pairs(config.data, tokenizer, 0)
     batch = pair_batch(tokenizer, pairs[:3])
     assert batch.size == 6 and batch.completion_mask.sum(-1).tolist() == [6] * 6  # 5 chars + EOS
