@@ -244,3 +244,29 @@ def test_token_level_losses_say_what_they_need(tmp_path: Path) -> None:
 
     with pytest.raises(RegistryError, match="chosen_token_rewards"):
         train_preference(_config(tmp_path, **{"preference.losses": [{"name": "tgdpo"}], "train.epochs": 1}))
+
+
+def test_rewardlab_train_runs_a_preference_config(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = _config(tmp_path, **{"train.epochs": 1}).model_dump(mode="json")
+    path = tmp_path / "dpo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = dict(os.environ, PYTHONPATH=str(TESTS), COLUMNS="200")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "rewardlab.cli", "train", *args],
+            capture_output=True, text=True, env=env, timeout=600, check=False,
+        )
+
+    out = run(str(path))
+    assert out.returncode == 0, out.stderr
+    assert "ranking_accuracy=" in out.stdout and (tmp_path / "run" / "final").is_dir()
+    bad = run(str(path), "--set", "preference.losses=[{name: dpoo}]", "--set", f"run_dir={tmp_path / 'other'}")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "unknown preference_loss 'dpoo' (did you mean 'dpo'?)" in " ".join(bad.stderr.split())
