@@ -9,6 +9,7 @@ import pytest
 
 from rewardlab.config import (
     LoraConfig,
+    PreferenceConfig,
     RunConfig,
     SFTConfig,
     apply_override,
@@ -393,6 +394,8 @@ def test_resolved_config_round_trips():
 )
 def test_shipped_configs_validate(path):
     schema = SFTConfig if "sft" in path.name else RunConfig
+    if "preference" in load_yaml(path):
+        schema = PreferenceConfig
     load_config(schema, path)
 
 

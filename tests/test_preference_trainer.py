@@ -270,3 +270,12 @@ def test_rewardlab_train_runs_a_preference_config(tmp_path: Path) -> None:
     bad = run(str(path), "--set", "preference.losses=[{name: dpoo}]", "--set", f"run_dir={tmp_path / 'other'}")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "unknown preference_loss 'dpoo' (did you mean 'dpo'?)" in " ".join(bad.stderr.split())
+
+
+def test_lora_reference_is_the_base_with_the_adapter_off(tmp_path: Path) -> None:
+    """With LoRA the reference is the same network with its adapter disabled: after training
+    the adapter, the sampled KL to it is no longer 0 (it would be, were the adapter left on)."""
+    config = _config(tmp_path, **{"model.lora": {"r": 4}, "train.epochs": 1, "train.optim.lr": 1e-2})
+    result = train_preference(config)
+    assert result.first_eval["eval/kl"] == pytest.approx(0.0, abs=1e-4)
+    assert abs(result.last_eval["eval/kl"]) > 1e-3

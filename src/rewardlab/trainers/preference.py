@@ -43,6 +43,7 @@ from rewardlab.trainers.common import (
     seed_everything,
 )
 from rewardlab.trainers.evaluate import evaluate, write_samples
+from rewardlab.trainers.learner import reference_mode
 from rewardlab.trainers.online import make_reference
 
 
@@ -249,7 +250,8 @@ def _reference_logprobs(
     for lo in range(0, len(pairs), micro):
         part = pairs[lo : lo + micro]
         batch = pair_batch(tokenizer, part)
-        logp = batch_logprobs(reference, batch, temperature, 2 * micro)
+        with reference_mode(reference) as ref:
+            logp = batch_logprobs(ref, batch, temperature, 2 * micro)
         lengths = batch.completion_mask.sum(-1)
         half = len(part)
         for i in range(half):
@@ -310,7 +312,8 @@ def ranking_metrics(
     micro = 2 * config.train.micro_batch_size
     mask = batch.completion_mask.float()
     policy_seq = (batch_logprobs(model, batch, config.rollout.temperature, micro) * mask).sum(-1)
-    ref_seq = (batch_logprobs(reference, batch, config.rollout.temperature, micro) * mask).sum(-1)
+    with reference_mode(reference) as frozen:
+        ref_seq = (batch_logprobs(frozen, batch, config.rollout.temperature, micro) * mask).sum(-1)
     half = len(held)
     margin = (policy_seq[:half] - ref_seq[:half]) - (policy_seq[half:] - ref_seq[half:])
     return {
@@ -335,5 +338,6 @@ def sampled_kl(
     micro = 2 * config.train.micro_batch_size
     mask = batch.completion_mask.float()
     policy = batch_logprobs(model, batch, config.eval.temperature, micro)
-    ref = batch_logprobs(reference, batch, config.eval.temperature, micro)
+    with reference_mode(reference) as frozen:
+        ref = batch_logprobs(frozen, batch, config.eval.temperature, micro)
     return {"eval/kl": float(((policy - ref) * mask).sum(-1).mean())}
