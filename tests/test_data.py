@@ -386,7 +386,7 @@ def test_corrupt_parquet(tmp_path):
 
 
 def test_kind_is_checked():
-    with pytest.raises(ValueError, match="kind must be 'prompt' or 'sft'"):
+    with pytest.raises(ValueError, match="kind must be 'prompt', 'sft' or 'pair'"):
         load_rows("whatever.jsonl", kind="chat")
 
 
