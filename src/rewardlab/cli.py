@@ -97,8 +97,13 @@ def _train_preference(config: Path | None, set_: list[str] | None) -> None:
 
     cfg = load_config(PreferenceConfig, config, set_)
     title = "+".join(loss.name.upper() for loss in cfg.preference.losses)
+    run = train_preference
+    if cfg.preference.online is not None:
+        from rewardlab.trainers.preference_online import train_online_preference
+
+        title, run = f"ONLINE {title}", train_online_preference
     with ProgressView(title, err_console) as view:
-        result = train_preference(cfg, on_start=view.start, on_step=view.step)
+        result = run(cfg, on_start=view.start, on_step=view.step)
     _print_skipped(result.skipped_rows)
     _print_eval("before", result.first_eval)
     _print_eval("after", result.last_eval)

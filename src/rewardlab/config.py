@@ -377,11 +377,25 @@ class PreferenceLossChoice(Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class OnlinePreferenceConfig(Section):
+    """Online DPO: each step samples ``num_generations`` completions for ``prompts_per_step``
+    fresh prompts from the current policy, scores them with ``rewards``, and trains on the
+    best-versus-worst pair of every prompt whose completions do not all score the same."""
+
+    steps: int = Field(100, ge=1)
+    prompts_per_step: int = Field(16, ge=1)
+    num_generations: int = Field(4, ge=2)
+    temperature: float = Field(1.0, gt=0.0)
+
+
 class PreferenceSection(Section):
     """What a preference run optimizes (its presence marks a config as a preference run)."""
 
     losses: list[PreferenceLossChoice] = Field(
         default_factory=lambda: [PreferenceLossChoice(name="dpo")], min_length=1
+    )
+    online: OnlinePreferenceConfig | None = Field(
+        None, description="sample and label pairs from the current policy instead of a dataset"
     )
 
     @model_validator(mode="after")

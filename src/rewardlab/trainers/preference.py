@@ -275,13 +275,12 @@ def _evaluator(
 ) -> Callable[[Any, int], dict[str, float]]:
     """Gold-reward evaluation on held-out prompts (a task, or the eval file's prompts), plus
     the preference diagnostics on held-out pairs and a sampled KL to the reference."""
-    rows = [{"prompt": p.prompt, "answer": p.chosen} for p in held] if config.data.task is None else None
-    if rows is None:
-        source = prompt_source(config.data, tokenizer, config.seed)
-        rows = source.heldout_rows
-        task = source.task
-    else:
+    if config.data.task is None and held:
+        rows = [{"prompt": p.prompt, "answer": p.chosen} for p in held]
         task = None
+    else:  # a task's held-out problems, or (online, from prompts) the held-out prompt rows
+        source = prompt_source(config.data, tokenizer, config.seed)
+        rows, task = source.heldout_rows, source.task
     sources = build_reward_sources(config.rewards, task)
 
     def run(model: Any, step: int) -> dict[str, float]:
