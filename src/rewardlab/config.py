@@ -62,11 +62,22 @@ class DataConfig(Section):
         return self
 
 
-class RewardTransformChoice(Section):
-    """One transform of a reward source's scores (``clip``, ``normalize``, ``par``, ...)."""
+class NamedChoice(Section):
+    """One entry of a list axis: a reward source's ``transforms``, the algorithm's
+    ``reward_transforms`` and ``token_masks``."""
 
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
+
+
+def _check_named(registry: Any, items: list[Any], where: str) -> None:
+    """Check each item's name and params against ``registry``; a mistake names
+    ``<where>.<i>.params``. Raised as ValueError, which pydantic reports with the key path."""
+    try:
+        for i, item in enumerate(items):
+            registry.check_params(item.name, item.params, f"{where}.{i}.params")
+    except RegistryError as e:
+        raise ValueError(str(e)) from None
 
 
 class RewardSpec(Section):
@@ -76,7 +87,7 @@ class RewardSpec(Section):
     name: str
     weight: float = 1.0
     args: dict[str, Any] = Field(default_factory=dict)
-    transforms: list[RewardTransformChoice] = Field(default_factory=list)
+    transforms: list[NamedChoice] = Field(default_factory=list)
     on_error: Literal["raise", "fallback"] = Field(
         "raise",
         description="a completion whose scoring raises or gives NaN/inf: stop with an error "
@@ -88,11 +99,7 @@ class RewardSpec(Section):
     def _check_transforms(self) -> RewardSpec:
         from rewardlab.algorithms import REWARD_TRANSFORMS
 
-        try:
-            for i, item in enumerate(self.transforms):
-                REWARD_TRANSFORMS.check_params(item.name, item.params, f"transforms.{i}.params")
-        except RegistryError as e:
-            raise ValueError(str(e)) from None
+        _check_named(REWARD_TRANSFORMS, self.transforms, "transforms")
         return self
 
 
@@ -109,7 +116,7 @@ class CombinerChoice(Section):
         try:
             REWARD_COMBINERS.check_params(self.name, self.params, "reward_combiner.params")
         except RegistryError as e:
-            raise ValueError(str(e)) from None
+            raise ValueError(str(e)) from None  # pydantic reports ValueErrors with the key path
         return self
 
 
@@ -125,13 +132,6 @@ class AxisChoice(Section):
     recipe's own entry are merged into the recipe's (so one parameter can be changed alone)."""
 
     name: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-
-
-class NamedChoice(Section):
-    """One entry of a list axis (``reward_transforms``, ``token_masks``)."""
-
-    name: str
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -254,8 +254,7 @@ class AlgorithmConfig(Section):
         assert self.kl is not None and self.kl.name is not None
         AXES["kl"].get(self.kl.name)
         for key, axis in _LIST_AXES.items():
-            for i, item in enumerate(getattr(self, key)):
-                AXES[axis].check_params(item.name, item.params, f"algorithm.{key}.{i}.params")
+            _check_named(AXES[axis], getattr(self, key), f"algorithm.{key}")
         for key, axis in _OPTIONAL_AXES.items():
             opt: AxisChoice | None = getattr(self, key)
             if opt is not None:
@@ -402,11 +401,7 @@ class PreferenceSection(Section):
     def _check(self) -> PreferenceSection:
         from rewardlab.algorithms.preference_losses import PREFERENCE_LOSSES
 
-        try:
-            for i, item in enumerate(self.losses):
-                PREFERENCE_LOSSES.check_params(item.name, item.params, f"preference.losses.{i}.params")
-        except RegistryError as e:
-            raise ValueError(str(e)) from None
+        _check_named(PREFERENCE_LOSSES, self.losses, "preference.losses")
         return self
 
 

@@ -44,7 +44,7 @@ class RewardSource:
     name: str
     weight: float
     fn: Callable[..., Any]
-    transforms: list[Any] = field(default_factory=list)  # RewardTransformChoice, in order
+    transforms: list[Any] = field(default_factory=list)  # NamedChoice, in order
     on_error: str = "raise"  # or "fallback": bad rows score `fallback` and are counted
     fallback: float = 0.0
     failures: Counter[str] = field(default_factory=Counter)  # rows that fell back, by reason
