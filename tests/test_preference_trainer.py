@@ -17,7 +17,7 @@ from rewardlab.data.preferences import heldout_pairs, preference_pairs
 from rewardlab.data.tasks import make_task
 from rewardlab.errors import ConfigError, DataError
 from rewardlab.models.loading import load_policy
-from rewardlab.trainers.online import make_reference
+from rewardlab.trainers.learner import make_reference
 from rewardlab.trainers.preference import (
     _reference_logprobs,
     loss_fields,

@@ -29,7 +29,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from rewardlab.algorithms.preference_losses import PREFERENCE_LOSSES
+from rewardlab.algorithms.policy_losses import _masked_seq_mean as _masked_mean
+from rewardlab.algorithms.preference_losses import (
+    PREFERENCE_LOSSES,
+    _check_beta,
+    _reward_metrics,
+)
 
 # --------------------------------------------------------------------------- helpers
 
@@ -38,30 +43,6 @@ def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Sum of ``values`` over each row's real tokens ([B, T] -> [B])."""
     real = mask.bool()
     return torch.where(real, values, torch.zeros_like(values)).sum(-1)
-
-
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over each row's real tokens ([B, T] -> [B]); an empty row gives 0."""
-    real = mask.bool()
-    return _masked_sum(values, real) / real.sum(-1).clamp(min=1).to(values.dtype)
-
-
-def _check_positive(name: str, param: str, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{name}: {param} must be > 0, got {value}")
-
-
-def _reward_metrics(chosen_reward: torch.Tensor, rejected_reward: torch.Tensor) -> dict:
-    """The implicit rewards of the two completions, their margin and whether it is positive
-    (the same keys as the pairwise losses of ``preference_losses``)."""
-    chosen, rejected = chosen_reward.detach(), rejected_reward.detach()
-    margin = chosen - rejected
-    return {
-        "chosen_reward": chosen,
-        "rejected_reward": rejected,
-        "reward_margin": margin,
-        "reward_accuracy": (margin > 0).to(margin.dtype),
-    }
 
 
 def _real_rewards(rewards: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -171,7 +152,7 @@ def kto(
     confirmed from the paper's own text (only TRL's implementation and its comments citing
     eq. 7 were read): the paper's beta default for each model size.
     """
-    _check_positive("kto", "beta", beta)
+    _check_beta("kto", beta)
     logratio = logp - ref_logp
     z0 = torch.as_tensor(kl, dtype=logratio.dtype, device=logratio.device).detach()
     if z0.numel() == 1:
@@ -269,7 +250,7 @@ def lipo(
     LambdaLoss / NDCG) and the absence of a normalization were taken from a secondary
     description of the paper's formula, not from its text.
     """
-    _check_positive("lipo", "beta", beta)
+    _check_beta("lipo", beta)
     real = list_mask.bool()
     s = beta * (list_logp - list_ref_logp)
     s = torch.where(real, s, torch.zeros_like(s))
@@ -481,7 +462,7 @@ def tgdpo(
     its abstract and a secondary summary were read): the general form of its guidance function
     f and whether this 1 +/- alpha rhat choice is its main or only practical instance.
     """
-    _check_positive("tgdpo", "beta", beta)
+    _check_beta("tgdpo", beta)
     chosen_real, rejected_real = chosen_mask.bool(), rejected_mask.bool()
     chosen_reward = _real_rewards(chosen_token_rewards, chosen_real)
     rejected_reward = _real_rewards(rejected_token_rewards, rejected_real)
@@ -558,7 +539,7 @@ def treg(
     reference); the regularizer is a sum over tokens, not a mean; ``beta = 0.1`` is DPO's
     usual value.
     """
-    _check_positive("treg", "beta", beta)
+    _check_beta("treg", beta)
     chosen_real, rejected_real = chosen_mask.bool(), rejected_mask.bool()
     chosen_d = chosen_token_logp - ref_chosen_token_logp
     rejected_d = rejected_token_logp - ref_rejected_token_logp

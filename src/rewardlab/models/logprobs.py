@@ -42,9 +42,9 @@ def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows)
 
 
-@torch.no_grad()
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of each position's distribution, [B, T]."""
+    """Entropy of each position's distribution, [B, T]; differentiable (the entropy bonus
+    needs its gradient), so pass detached logits when only the value is wanted."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1)
 

@@ -153,3 +153,9 @@ def clip_and_step(
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return float(norm)
+
+
+def out_of_time(started: float, limit: float | None) -> bool:
+    """Whether ``limit`` seconds (None: no limit) have passed since ``started``
+    (``time.perf_counter()``): the ``train.max_seconds`` of SFT and preference runs."""
+    return limit is not None and time.perf_counter() - started >= limit

@@ -8,6 +8,7 @@ aggregation; the token masks and mismatch correction were applied to the batch b
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -21,7 +22,7 @@ from rewardlab.algorithms.value import value_loss
 from rewardlab.batch import RolloutBatch
 from rewardlab.config import RunConfig
 from rewardlab.models.loading import is_lora
-from rewardlab.models.logprobs import forward_completion_logits, token_logprobs
+from rewardlab.models.logprobs import forward_completion_logits, token_entropy, token_logprobs
 from rewardlab.trainers.common import clip_and_step, step_seed
 
 
@@ -55,17 +56,22 @@ def make_critic(policy: Any, config: RunConfig) -> Critic:
     return Critic(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0))
 
 
+def make_reference(policy: Any) -> Any:
+    """The frozen reference policy: with LoRA, the policy itself with its adapter disabled
+    (no second copy of the weights); otherwise a frozen copy taken before training."""
+    if is_lora(policy):
+        return policy
+    ref = copy.deepcopy(policy).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
 @contextmanager
 def reference_mode(reference: Any) -> Iterator[Any]:
     """The reference policy: with LoRA, the policy with its adapter switched off."""
     with reference.disable_adapter() if is_lora(reference) else nullcontext():
         yield reference
-
-
-def token_entropy_with_grad(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of each position's distribution, [B, T], differentiable (entropy bonus)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
 
 
 @torch.no_grad()
@@ -78,7 +84,7 @@ def logprobs_and_entropy(
         part = batch.select(index)
         logits = forward_completion_logits(model, part, temperature)
         logps.append(token_logprobs(logits, part.completion_ids))
-        entropies.append(token_entropy_with_grad(logits))
+        entropies.append(token_entropy(logits))
     return torch.cat(logps), torch.cat(entropies)
 
 
@@ -222,8 +228,8 @@ def micro_batch_loss(
     if part.is_weights is not None:
         per_token = per_token * part.is_weights
     entropy_coef = coefs.get("entropy", 0.0)
-    entropy = token_entropy_with_grad(logits) if entropy_coef > 0 else None
-    stats = {"entropy": entropy.detach() if entropy is not None else token_entropy_with_grad(logits.detach())}
+    entropy = token_entropy(logits) if entropy_coef > 0 else None
+    stats = {"entropy": entropy.detach() if entropy is not None else token_entropy(logits.detach())}
     stats |= loss_metrics
     if entropy is not None:
         per_token = per_token - entropy_coef * entropy

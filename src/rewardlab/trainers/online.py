@@ -10,7 +10,6 @@ Read ``train`` top to bottom: every algorithmic choice is a registry call on one
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from rewardlab.checkpoint import latest_checkpoint, load_checkpoint, save_checkp
 from rewardlab.config import RunConfig, load_config
 from rewardlab.data.prompts import PromptSource, Row, prompt_source
 from rewardlab.errors import RewardlabError
-from rewardlab.models.loading import export_model, is_lora, load_policy
+from rewardlab.models.loading import export_model, load_policy
 from rewardlab.registry import Entry
 from rewardlab.rewards import (
     RewardSource,
@@ -71,6 +70,7 @@ from rewardlab.trainers.learner import (
     is_on_policy,
     logprobs_and_entropy,
     make_critic,
+    make_reference,
     reference_mode,
     update,
 )
@@ -596,17 +596,6 @@ def adapt_coefficients(
             max_coef=algo.entropy.max_coef,
         )
     return out
-
-
-def make_reference(policy: Any) -> Any:
-    """The frozen reference policy: with LoRA, the policy itself with its adapter disabled
-    (no second copy of the weights); otherwise a frozen copy taken before training."""
-    if is_lora(policy):
-        return policy
-    ref = copy.deepcopy(policy).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref
 
 
 # --------------------------------------------------------------------------- metrics & eval

@@ -39,12 +39,12 @@ from rewardlab.trainers.common import (
     make_optimizer,
     make_run_dir,
     make_scheduler,
+    out_of_time,
     save_run_config,
     seed_everything,
 )
 from rewardlab.trainers.evaluate import evaluate, write_samples
-from rewardlab.trainers.learner import reference_mode
-from rewardlab.trainers.online import make_reference
+from rewardlab.trainers.learner import make_reference, reference_mode
 
 
 @dataclass
@@ -166,9 +166,9 @@ def train_preference(
                 if config.eval.every and step % config.eval.every == 0:
                     metrics |= evaluator(policy, step)
                 log_metrics(sinks, step, metrics, on_step)
-                if _out_of_time(started, config.train.max_seconds):
+                if out_of_time(started, config.train.max_seconds):
                     break
-            if _out_of_time(started, config.train.max_seconds):
+            if out_of_time(started, config.train.max_seconds):
                 break
         result.seconds = time.perf_counter() - started
         result.steps = step
@@ -263,10 +263,6 @@ def _reference_logprobs(
     return out
 
 
-def _out_of_time(started: float, limit: float | None) -> bool:
-    return limit is not None and time.perf_counter() - started >= limit
-
-
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -282,6 +278,12 @@ def _evaluator(
         source = prompt_source(config.data, tokenizer, config.seed)
         rows, task = source.heldout_rows, source.task
     sources = build_reward_sources(config.rewards, task)
+    held_batch = pair_batch(tokenizer, held) if held else None
+    # The reference is frozen: its sequence log-probs of the held-out pairs are computed once.
+    held_ref = None
+    if held_batch is not None:
+        with reference_mode(reference) as frozen:
+            held_ref = _sequence_logprobs(frozen, held_batch, config.rollout.temperature, config)
 
     def run(model: Any, step: int) -> dict[str, float]:
         result = evaluate(
@@ -290,30 +292,33 @@ def _evaluator(
         )
         if config.logging.samples:
             write_samples(run_dir, step, result.samples)
-        return result.metrics | ranking_metrics(model, reference, tokenizer, held, config) | sampled_kl(
-            model, reference, tokenizer, [r["prompt"] for r in rows], config
-        )
+        ranking = ranking_metrics(model, held_batch, held_ref, config) if held_batch is not None else {}
+        prompts = [r["prompt"] for r in rows]
+        return result.metrics | ranking | sampled_kl(model, reference, tokenizer, prompts, config)
 
     return run
 
 
 @torch.no_grad()
+def _sequence_logprobs(
+    model: Any, batch: RolloutBatch, temperature: float, config: PreferenceConfig
+) -> torch.Tensor:
+    """Each row's summed completion log-prob under ``model`` (pass the reference inside
+    ``reference_mode`` so that, with LoRA, its adapter is off)."""
+    logp = batch_logprobs(model, batch, temperature, 2 * config.train.micro_batch_size)
+    return (logp * batch.completion_mask.float()).sum(-1)
+
+
+@torch.no_grad()
 def ranking_metrics(
-    model: Any, reference: Any, tokenizer: Any, held: list[Pair], config: PreferenceConfig
+    model: Any, held: RolloutBatch, ref_seq: torch.Tensor, config: PreferenceConfig
 ) -> dict[str, float]:
-    """On held-out pairs: how often the policy itself ranks chosen above rejected (ranking
-    accuracy, "Preference Learning Algorithms Do Not Learn Preference Rankings", arXiv
-    2405.19534), how often the implicit reward does (log-ratio to the reference), and the
-    mean implicit margin."""
-    if not held:
-        return {}
-    batch = pair_batch(tokenizer, held)
-    micro = 2 * config.train.micro_batch_size
-    mask = batch.completion_mask.float()
-    policy_seq = (batch_logprobs(model, batch, config.rollout.temperature, micro) * mask).sum(-1)
-    with reference_mode(reference) as frozen:
-        ref_seq = (batch_logprobs(frozen, batch, config.rollout.temperature, micro) * mask).sum(-1)
-    half = len(held)
+    """On held-out pairs (``pair_batch`` rows, with the reference's sequence log-probs
+    ``ref_seq``): how often the policy itself ranks chosen above rejected (ranking accuracy,
+    "Preference Learning Algorithms Do Not Learn Preference Rankings", arXiv 2405.19534), how
+    often the implicit reward does (log-ratio to the reference), and the mean implicit margin."""
+    policy_seq = _sequence_logprobs(model, held, config.rollout.temperature, config)
+    half = held.size // 2
     margin = (policy_seq[:half] - ref_seq[:half]) - (policy_seq[half:] - ref_seq[half:])
     return {
         "eval/ranking_accuracy": float((policy_seq[:half] > policy_seq[half:]).float().mean()),
@@ -334,9 +339,7 @@ def sampled_kl(
         return {}
     params = SamplingParams(n=1, temperature=config.eval.temperature, max_new_tokens=config.rollout.max_new_tokens)
     batch = generate(model, tokenizer, prompts, params)
-    micro = 2 * config.train.micro_batch_size
-    mask = batch.completion_mask.float()
-    policy = batch_logprobs(model, batch, config.eval.temperature, micro)
+    policy = _sequence_logprobs(model, batch, config.eval.temperature, config)
     with reference_mode(reference) as frozen:
-        ref = batch_logprobs(frozen, batch, config.eval.temperature, micro)
-    return {"eval/kl": float(((policy - ref) * mask).sum(-1).mean())}
+        ref = _sequence_logprobs(frozen, batch, config.eval.temperature, config)
+    return {"eval/kl": float((policy - ref).mean())}

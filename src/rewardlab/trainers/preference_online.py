@@ -35,11 +35,12 @@ from rewardlab.trainers.common import (
     make_optimizer,
     make_run_dir,
     make_scheduler,
+    out_of_time,
     save_run_config,
     seed_everything,
     step_seed,
 )
-from rewardlab.trainers.online import make_reference
+from rewardlab.trainers.learner import make_reference
 from rewardlab.trainers.preference import (
     PreferenceResult,
     _evaluator,
@@ -104,7 +105,7 @@ def train_online_preference(
                 metrics |= evaluator(policy, step)
             log_metrics(sinks, step, metrics, on_step)
             result.steps = step
-            if config.train.max_seconds is not None and time.perf_counter() - started >= config.train.max_seconds:
+            if out_of_time(started, config.train.max_seconds):
                 break
         result.seconds = time.perf_counter() - started
         result.last_eval = evaluator(policy, result.steps)

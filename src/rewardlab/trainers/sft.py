@@ -27,6 +27,7 @@ from rewardlab.trainers.common import (
     make_optimizer,
     make_run_dir,
     make_scheduler,
+    out_of_time,
     save_run_config,
     seed_everything,
 )
@@ -124,9 +125,9 @@ def train_sft(
                 if evaluator and config.eval.every and step % config.eval.every == 0:
                     metrics |= evaluator(model, step)
                 log_metrics(sinks, step, metrics, on_step)
-                if _out_of_time(started, config.train.max_seconds):
+                if out_of_time(started, config.train.max_seconds):
                     break
-            if _out_of_time(started, config.train.max_seconds):
+            if out_of_time(started, config.train.max_seconds):
                 break
         result.seconds = time.perf_counter() - started
         result.steps = step
@@ -138,10 +139,6 @@ def train_sft(
     export_model(model, tokenizer, run_dir / FINAL_MODEL)
     write_report(run_dir)
     return result
-
-
-def _out_of_time(started: float, limit: float | None) -> bool:
-    return limit is not None and time.perf_counter() - started >= limit
 
 
 def _evaluator(
