@@ -318,10 +318,11 @@ def rollout(policy: Any, tokenizer: Any, rows: list[Row], config: RunConfig) -> 
 
 
 def score(
-    batch: RolloutBatch, rows: list[Row], tokenizer: Any, sources: list[RewardSource], n: int
+    batch: RolloutBatch, rows: list[Row], completions: list[str], sources: list[RewardSource], n: int
 ) -> dict[str, torch.Tensor]:
-    """Score every completion with every reward source; sets ``batch.rewards`` (weighted)."""
-    scores = score_rows(sources, rows, decode_completions(tokenizer, batch), n)
+    """Score every completion (``batch``'s rows, decoded) with every reward source; sets
+    ``batch.scores`` and ``batch.rewards`` (weighted)."""
+    scores = score_rows(sources, rows, completions, n)
     batch.scores = scores
     batch.rewards = combine_rewards(scores, {s.name: s.weight for s in sources})
     return scores
@@ -333,7 +334,7 @@ def greedy_baseline(
     """The reward of each prompt's greedy completion, repeated over its group (ReMax)."""
     params = SamplingParams(n=1, max_new_tokens=config.rollout.max_new_tokens, greedy=True)
     greedy = generate(policy, tokenizer, [row["prompt"] for row in rows], params)
-    score(greedy, rows, tokenizer, sources, 1)
+    score(greedy, rows, decode_completions(tokenizer, greedy), sources, 1)
     assert greedy.rewards is not None
     return greedy.rewards.repeat_interleave(config.rollout.num_generations)
 
@@ -371,9 +372,10 @@ def collect(
         state.prompt_cursor += n_prompts
         part = rollout(policy, tokenizer, rows, config)
         part.group = part.group + r * n_prompts  # distinct group ids across rounds
-        score(part, rows, tokenizer, sources, config.rollout.num_generations)
+        completions = decode_completions(tokenizer, part)
+        score(part, rows, completions, sources, config.rollout.num_generations)
         seen_prompts += [row["prompt"] for row in rows for _ in range(config.rollout.num_generations)]
-        seen_completions += decode_completions(tokenizer, part)
+        seen_completions += completions
         assert part.rewards is not None
         raw_rewards.append(part.rewards)  # the weighted sum as scored: what metrics report
         if not is_plain(sources, config.reward_combiner):
