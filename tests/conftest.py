@@ -11,3 +11,16 @@ import tempfile
 
 # Built-in models are written to a cache; tests use their own so a user's ~/.cache is untouched.
 os.environ.setdefault("REWARDLAB_CACHE", tempfile.mkdtemp(prefix="rewardlab-test-cache-"))
+
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def warm_start(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model after SFT on digits-or-letters completions (tests/preference_setup.py)."""
+    from preference_setup import train_warm_start
+
+    return train_warm_start(tmp_path_factory.mktemp("warm"))

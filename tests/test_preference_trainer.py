@@ -4,71 +4,30 @@ invariance, diagnostics, and every offline loss raising a known gold reward."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
+from preference_setup import preference_config
 
-from rewardlab.config import DataConfig, PreferenceConfig, parse_config
+from rewardlab.config import DataConfig, PreferenceConfig
 from rewardlab.data.datasets import load_rows
 from rewardlab.data.preferences import heldout_pairs, preference_pairs
 from rewardlab.data.tasks import make_task
 from rewardlab.errors import ConfigError, DataError
 from rewardlab.models.loading import load_policy
 from rewardlab.trainers.learner import make_reference
-from rewardlab.trainers.preference import (
-    _reference_logprobs,
-    loss_fields,
-    pair_batch,
-    preference_step,
-    train_preference,
-)
+from rewardlab.trainers.preference import preference_step, train_preference
+from rewardlab.trainers.preference_views import cached_logprobs, pair_batch, pairwise_fields
 
 TESTS = Path(__file__).parent
+
+_config = preference_config
 
 
 @pytest.fixture(autouse=True)
 def _user_rewards_importable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(TESTS))
-
-
-def _digits_vs_letters(path: Path, n: int, seed: int = 0) -> Path:
-    """A synthetic preference set whose gold reward is known: the share of digits in the
-    completion (tests/dense_rewards.py:digit_fraction). Chosen: digits; rejected: letters."""
-    rng = random.Random(seed)
-    with path.open("w") as f:
-        for i in range(n):
-            chosen = "".join(rng.choice("0123456789") for _ in range(5))
-            rejected = "".join(rng.choice("abcdefghij") for _ in range(5))
-            f.write(json.dumps({"prompt": f"q{i}:", "chosen": chosen, "rejected": rejected}) + "\n")
-    return path
-
-
-def _config(tmp_path: Path, **overrides: Any) -> PreferenceConfig:
-    data: dict[str, Any] = {
-        "seed": 1,
-        "run_dir": str(tmp_path / "run"),
-        "data": {
-            "path": str(_digits_vs_letters(tmp_path / "train.jsonl", 96)),
-            "eval_path": str(_digits_vs_letters(tmp_path / "eval.jsonl", 24, seed=1)),
-            "heldout_size": 24,
-        },
-        "rewards": [{"name": "dense_rewards:digit_fraction"}],
-        "rollout": {"max_new_tokens": 5},
-        "preference": {"losses": [{"name": "dpo"}]},
-        "train": {"epochs": 2, "batch_size": 16, "micro_batch_size": 16, "optim": {"lr": 3e-3}},
-        "eval": {"every": 0, "pass_k": 1, "batch_size": 64},
-        "logging": {"samples": 0},
-    }
-    for key, value in overrides.items():
-        node = data
-        *path, last = key.split(".")
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return parse_config(PreferenceConfig, data)
 
 
 # --------------------------------------------------------------------------- data
@@ -125,7 +84,7 @@ def test_loss_fields_views_of_a_pair_batch(tmp_path: Path) -> None:
     batch = pair_batch(tokenizer, pairs[:3])
     assert batch.size == 6 and batch.completion_mask.sum(-1).tolist() == [6] * 6  # 5 chars + EOS
     token_logp = torch.randn(6, 6)
-    fields = loss_fields(token_logp, torch.zeros(6, 6), batch.completion_mask)
+    fields = pairwise_fields(token_logp, torch.zeros(6, 6), batch.completion_mask)
     assert torch.allclose(fields["chosen_logp"], token_logp[:3].sum(-1))
     assert torch.allclose(fields["rejected_logp"], token_logp[3:].sum(-1))
     assert fields["label"].tolist() == [True] * 3 + [False] * 3
@@ -137,7 +96,7 @@ def test_reference_logprobs_are_cached_once_and_match_a_fresh_pass(tmp_path: Pat
     config = _config(tmp_path)
     policy, tokenizer = load_policy(config.model, seed=0)
     pairs, _ = preference_pairs(config.data, tokenizer, 0)
-    cached = _reference_logprobs(policy, tokenizer, pairs[:5], micro=2, temperature=1.0)
+    cached = cached_logprobs(policy, tokenizer, pairs[:5], 2, 1.0, as_reference=True)
     batch = pair_batch(tokenizer, pairs[:5])
     from rewardlab.models.logprobs import batch_logprobs
 
@@ -157,7 +116,7 @@ def test_micro_batches_give_the_whole_batch_gradient(tmp_path: Path, loss: str) 
     with torch.no_grad():
         for p in reference.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    ref = _reference_logprobs(reference, tokenizer, pairs[:8], micro=8, temperature=1.0)
+    ref = cached_logprobs(reference, tokenizer, pairs[:8], 8, 1.0, as_reference=True)
     grads = []
     for micro in (8, 3):
         policy.zero_grad()
@@ -181,33 +140,22 @@ def test_dpo_run_logs_the_diagnostics(tmp_path: Path) -> None:
     assert (result.run_dir / "final" / "config.json").is_file()
 
 
-@pytest.fixture(scope="module")
-def warm_start(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model after SFT on completions that are digits half the time and letters the
-    other half: preference optimization starts, as usual, from a model that already produces
-    both kinds of answer, and must move it toward the preferred one."""
-    from rewardlab.config import SFTConfig
-    from rewardlab.trainers.sft import train_sft
+def _offline_pairwise_losses() -> list[str]:
+    """Every loss that trains on offline pairs alone (not the online methods' losses, which
+    need win rates or a sampled opponent, and not the token-level ones, tested below)."""
+    from rewardlab.algorithms import PREFERENCE_LOSSES
+    from rewardlab.trainers.preference_views import available_fields
 
-    folder = tmp_path_factory.mktemp("warm")
-    rng = random.Random(5)
-    with (folder / "sft.jsonl").open("w") as f:
-        for i in range(96):
-            alphabet = "0123456789" if rng.random() < 0.5 else "abcdefghij"
-            f.write(json.dumps({"prompt": f"q{i}:", "completion": "".join(rng.choice(alphabet) for _ in range(5))}) + "\n")
-    sft = train_sft(parse_config(SFTConfig, {
-        "seed": 1, "run_dir": str(folder / "sft"), "data": {"path": str(folder / "sft.jsonl")},
-        "train": {"epochs": 4, "batch_size": 16, "optim": {"lr": 3e-3}}, "logging": {"samples": 0},
-    }))
-    return sft.run_dir / "final"
+    have = available_fields("pairwise")
+    return sorted(e.name for e in PREFERENCE_LOSSES if set(e.inputs) <= have and e.name != "apo_down")
 
 
-_NEED_TOKEN_REWARDS = {"tgdpo", "treg"}  # need a token-level reward source (not wired yet)
+def test_the_offline_losses_are_the_expected_ones() -> None:
+    assert len(_offline_pairwise_losses()) == 19
+    assert {"dpo", "kto", "lipo", "cpl", "selm"} <= set(_offline_pairwise_losses())
 
 
-@pytest.mark.parametrize(
-    "loss", sorted(set(__import__("rewardlab.algorithms", fromlist=["x"]).PREFERENCE_LOSSES.names()) - _NEED_TOKEN_REWARDS - {"apo_down"})
-)
+@pytest.mark.parametrize("loss", _offline_pairwise_losses())
 def test_offline_loss_raises_the_gold_reward(tmp_path: Path, warm_start: Path, loss: str) -> None:
     """Gold reward = the share of digits; chosen completions are digits, rejected letters.
     Two epochs over 96 pairs take the greedy completions from letters to digits."""
@@ -240,9 +188,7 @@ def test_losses_combine_with_weights(tmp_path: Path, warm_start: Path) -> None:
 
 
 def test_token_level_losses_say_what_they_need(tmp_path: Path) -> None:
-    from rewardlab.errors import RegistryError
-
-    with pytest.raises(RegistryError, match="chosen_token_rewards"):
+    with pytest.raises(ConfigError, match=r"tgdpo\) needs chosen_token_rewards.*preference.token_rewards"):
         train_preference(_config(tmp_path, **{"preference.losses": [{"name": "tgdpo"}], "train.epochs": 1}))
 
 
@@ -284,14 +230,12 @@ def test_lora_reference_is_the_base_with_the_adapter_off(tmp_path: Path) -> None
 # --------------------------------------------------------------------------- online DPO
 
 
-def test_best_worst_pairs_skip_prompts_without_a_preference() -> None:
-    from rewardlab.trainers.preference_online import best_worst_pairs
+def test_best_worst_skips_prompts_without_a_preference_or_below_the_margin() -> None:
+    from rewardlab.trainers.preference_online import best_worst
 
-    rows = [{"prompt": "a"}, {"prompt": "b"}]
-    completions = ["a1", "a2", "a3", "b1", "b2", "b3"]
-    rewards = torch.tensor([0.2, 0.9, 0.1, 0.5, 0.5, 0.5])
-    pairs = best_worst_pairs(rows, completions, rewards, 3)
-    assert [(p.prompt, p.chosen, p.rejected) for p in pairs] == [("a", "a2", "a3")]
+    win = torch.tensor([[0.5, 1.0, 0.0], [0.5, 0.5, 0.5], [0.4, 0.6, 0.5]])
+    assert best_worst(win, 0.0) == [(0, 1, 2), (2, 1, 0)]
+    assert best_worst(win, 0.3) == [(0, 1, 2)]
 
 
 def test_online_dpo_raises_the_gold_reward(tmp_path: Path, warm_start: Path) -> None:

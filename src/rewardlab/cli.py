@@ -101,7 +101,7 @@ def _train_preference(config: Path | None, set_: list[str] | None) -> None:
     if cfg.preference.online is not None:
         from rewardlab.trainers.preference_online import train_online_preference
 
-        title, run = f"ONLINE {title}", train_online_preference
+        title, run = f"{cfg.preference.online.method.upper()} ({title})", train_online_preference
     with ProgressView(title, err_console) as view:
         result = run(cfg, on_start=view.start, on_step=view.step)
     _print_skipped(result.skipped_rows)

@@ -376,15 +376,85 @@ class PreferenceLossChoice(Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class OnlinePreferenceConfig(Section):
-    """Online DPO: each step samples ``num_generations`` completions for ``prompts_per_step``
-    fresh prompts from the current policy, scores them with ``rewards``, and trains on the
-    best-versus-worst pair of every prompt whose completions do not all score the same."""
+class JudgeConfig(Section):
+    """The preference function P(a beats b | prompt) that labels sampled completions (online
+    preference methods) or pays a win-rate reward (``spo``).
 
+    With no ``function``, it compares the run's combined rewards: ``temperature`` 0 gives hard
+    labels (1 if a scores higher, 0 if lower, 0.5 on a tie), a positive temperature the
+    Bradley-Terry probability ``sigmoid((r_a - r_b) / temperature)``. A ``function``
+    (``module:function``) is called as ``fn(prompts, completions_a, completions_b, **args,
+    **columns)`` and returns one probability in [0, 1] per row; it may be intransitive.
+    """
+
+    function: str | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    temperature: float = Field(0.0, ge=0.0)
+
+
+# Online methods whose samples feed one specific loss: the loss they are named after.
+METHOD_LOSS: dict[str, str] = {"xpo": "xpo", "selm": "selm", "inpo": "inpo", "sppo": "sppo", "nash_md": "nash_md"}
+# Methods that train on single completions (with a win rate or preference), not on pairs.
+PER_COMPLETION_METHODS = ("sppo", "nash_md")
+
+OnlineMethod = Literal["online_dpo", "xpo", "selm", "dno", "inpo", "sppo", "nash_md"]
+
+
+class OnlinePreferenceConfig(Section):
+    """Online and iterative preference optimization. Each of ``steps`` iterations samples
+    ``num_generations`` completions for ``prompts_per_step`` fresh prompts from the current
+    policy pi_t, labels them with ``judge``, and trains ``epochs`` passes over what it built
+    (mini-batches of ``train.batch_size``):
+
+    - ``online_dpo``: each prompt's highest- versus lowest-win-rate pair;
+    - ``selm``: the same pairs, with pi_t as the reference;
+    - ``xpo``: the same over the policy's samples plus one reference-policy sample per prompt;
+    - ``dno``: pairs whose win-rate gap exceeds ``min_margin``, with pi_t as the reference;
+    - ``inpo``: best-versus-worst pairs, with pi_t's log-probs as the loss's anchor;
+    - ``sppo``: every completion with its win rate against the prompt's other samples;
+    - ``nash_md``: every completion against one sample of the geometric mixture of pi_t and
+      the reference (coefficient ``mixture``).
+    """
+
+    method: OnlineMethod = "online_dpo"
     steps: int = Field(100, ge=1)
     prompts_per_step: int = Field(16, ge=1)
     num_generations: int = Field(4, ge=2)
     temperature: float = Field(1.0, gt=0.0)
+    epochs: int = Field(1, ge=1, description="passes over each iteration's samples")
+    min_margin: float = Field(
+        0.0, ge=0.0, lt=1.0, description="a pair needs a win-rate gap above this (0: skip ties only)"
+    )
+    mixture: float = Field(0.5, ge=0.0, le=1.0, description="nash_md: the reference's share of the mixture")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+
+
+class TokenRewardsConfig(Section):
+    """Per-token rewards for the token-level losses (``tgdpo``, ``treg``), computed once
+    before training:
+
+    - ``guide``: ``beta * log(pi_guide / pi_ref)`` per token, the implicit reward of a model
+      already trained with DPO on the same kind of data (``model``: its folder or name) — the
+      guidance TGDPO uses;
+    - ``contrastive``: T-REG's self-generated rewards, ``sigmoid(log pi_ref(y_t | better) -
+      log pi_ref(y_t | worse)) - 1/2``, where ``better`` / ``worse`` are prompt templates
+      (``{prompt}`` is replaced by the example's prompt) asking for a better or a worse answer.
+    """
+
+    source: Literal["guide", "contrastive"]
+    model: str | None = None
+    beta: float = Field(0.1, gt=0.0)
+    better: str = "Write a correct, helpful and concise answer.\n{prompt}"
+    worse: str = "Write a wrong, unhelpful and careless answer.\n{prompt}"
+
+    @model_validator(mode="after")
+    def _check(self) -> TokenRewardsConfig:
+        if self.source == "guide" and not self.model:
+            raise ValueError("token_rewards.model: source 'guide' needs the guide model's folder or name")
+        for key in ("better", "worse"):
+            if "{prompt}" not in getattr(self, key):
+                raise ValueError(f"token_rewards.{key}: the template must contain {{prompt}}")
+        return self
 
 
 class PreferenceSection(Section):
@@ -396,13 +466,39 @@ class PreferenceSection(Section):
     online: OnlinePreferenceConfig | None = Field(
         None, description="sample and label pairs from the current policy instead of a dataset"
     )
+    token_rewards: TokenRewardsConfig | None = Field(
+        None, description="per-token rewards for tgdpo / treg"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PreferenceSection:
         from rewardlab.algorithms.preference_losses import PREFERENCE_LOSSES
 
         _check_named(PREFERENCE_LOSSES, self.losses, "preference.losses")
+        if self.online is not None:
+            self._check_method_loss(self.online.method)
         return self
+
+    def _check_method_loss(self, method: str) -> None:
+        """A method named after its loss trains with that loss: it is the default, and a loss
+        list that leaves it out (or, for per-completion methods, adds pairwise ones) is an error."""
+        wanted = METHOD_LOSS.get(method)
+        if wanted is None:
+            return
+        if "losses" not in self.model_fields_set:
+            self.losses = [PreferenceLossChoice(name=wanted)]
+            return
+        names = [c.name for c in self.losses]
+        if wanted not in names:
+            raise ValueError(
+                f"preference.losses: method '{method}' trains with the '{wanted}' loss; add "
+                f"{{name: {wanted}}} to the list (or leave `losses` out to get it by default)"
+            )
+        if method in PER_COMPLETION_METHODS and names != [wanted]:
+            raise ValueError(
+                f"preference.losses: method '{method}' trains on single completions, so its only "
+                f"loss is '{wanted}'; remove {[n for n in names if n != wanted]}"
+            )
 
 
 class PreferenceTrainConfig(Section):

@@ -9,6 +9,7 @@ from rewardlab.algorithms import (  # noqa: F401
     policy_losses,
     preference_losses,
     preference_losses_more,
+    preference_losses_online,
     reward_transforms,
     shaping,
     token_masks,

@@ -13,6 +13,12 @@ Row shapes:
 * ``kind="pair"``: ``prompt`` (a string, or a list of messages) + ``chosen`` and ``rejected``
   (strings, or lists of messages ending with the assistant's reply), as TRL's preference
   format (standard or conversational).
+* ``kind="unpaired"`` (KTO): ``prompt`` + ``completion`` (a string, or a list of messages
+  ending with the assistant's reply) + ``label`` (true/false; 1/0 also accepted), as TRL's
+  unpaired preference format.
+* ``kind="listwise"`` (LiPO): ``prompt`` + ``completions`` (at least two, each a string or a
+  list of messages ending with the assistant's reply) + ``scores`` (one finite number per
+  completion, higher is better).
 
 Any other columns stay in the row untouched, so reward functions can read them.
 
@@ -25,14 +31,23 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from rewardlab.errors import DataError
 
-Kind = Literal["prompt", "sft", "pair"]
+Kind = Literal["prompt", "sft", "pair", "unpaired", "listwise"]
+KINDS: tuple[str, ...] = ("prompt", "sft", "pair", "unpaired", "listwise")
+
+# The columns each preference kind needs, in the order they are checked and named.
+PREFERENCE_FIELDS: dict[str, tuple[str, ...]] = {
+    "pair": ("prompt", "chosen", "rejected"),
+    "unpaired": ("prompt", "completion", "label"),
+    "listwise": ("prompt", "completions", "scores"),
+}
 
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".jsonl", ".json", ".parquet")
@@ -80,7 +95,9 @@ def load_rows(
 
     Args:
         path: a ``.jsonl``/``.json``/``.parquet`` file or a ``save_to_disk`` folder.
-        kind: ``"prompt"`` (RL prompts) or ``"sft"`` (prompt plus target completion).
+        kind: ``"prompt"`` (RL prompts), ``"sft"`` (prompt plus target completion), or a
+            preference format: ``"pair"`` (chosen/rejected), ``"unpaired"`` (completion plus
+            a boolean label) or ``"listwise"`` (scored completions).
         required_columns: columns every row must have (not null), e.g. what a reward
             function reads.
         skip_bad_rows: skip invalid rows (one message each in ``skipped``) instead of
@@ -92,12 +109,13 @@ def load_rows(
         DataError: missing path, unsupported format, unreadable file, empty dataset, a bad
             row (unless ``skip_bad_rows``), or no good rows at all.
     """
-    if kind not in ("prompt", "sft", "pair"):
-        raise ValueError(f"kind must be 'prompt', 'sft' or 'pair', got {kind!r}")
+    if kind not in KINDS:
+        raise ValueError(
+            f"kind must be 'prompt', 'sft' or 'pair' (or, for other preference formats, "
+            f"'unpaired' or 'listwise'), got {kind!r}"
+        )
     source = str(path)
-    raw, label = _read_raw_rows(Path(path), source, split, split_key)
-    if not raw:
-        raise DataError(f"{label} has no rows; add at least one row to it.")
+    raw, label = _read_some_rows(path, split, split_key)
     _check_required_columns_exist(raw, label, required_columns)
 
     rows: list[dict[str, Any]] = []
@@ -113,11 +131,47 @@ def load_rows(
         skipped.append(message)
 
     if not rows:
-        raise DataError(
-            f"all {len(raw)} rows of {label} are bad, so there is nothing to use; fix the data "
-            f"(first problem: {skipped[0]})."
-        )
+        raise DataError(_all_bad_message(len(raw), label, skipped[0]))
     return LoadedRows(rows=rows, source=source, skipped=skipped)
+
+
+def row_columns(
+    path: str | Path, *, split: str = "train", split_key: str = "data.split"
+) -> tuple[str, list[tuple[str, frozenset[str]]]]:
+    """The columns of every row, read as :func:`load_rows` reads them but not checked.
+
+    Returns a label for messages (the path, plus the split of a ``DatasetDict`` folder) and,
+    for each row that parses as an object, where it is (``"line 3"``, ``"row 3"``) and its
+    non-null columns (columnar formats fill a row's absent columns with null).
+
+    Raises:
+        DataError: as :func:`load_rows` for the file itself, or when no row parses.
+    """
+    raw, label = _read_some_rows(path, split, split_key)
+    parsed = [r for r in raw if r.problem is None]
+    if not parsed:
+        first = raw[0]
+        raise DataError(
+            _all_bad_message(len(raw), label, f"{label}, {first.where}: {first.problem}")
+        )
+    return label, [
+        (r.where, frozenset(k for k, v in r.value.items() if v is not None)) for r in parsed
+    ]
+
+
+def _read_some_rows(path: str | Path, split: str, split_key: str) -> tuple[list[_RawRow], str]:
+    """The raw records of a dataset and its label; a dataset with no rows is an error."""
+    raw, label = _read_raw_rows(Path(path), str(path), split, split_key)
+    if not raw:
+        raise DataError(f"{label} has no rows; add at least one row to it.")
+    return raw, label
+
+
+def _all_bad_message(count: int, label: str, first_problem: str) -> str:
+    return (
+        f"all {count} rows of {label} are bad, so there is nothing to use; fix the data "
+        f"(first problem: {first_problem})."
+    )
 
 
 def _read_raw_rows(
@@ -285,7 +339,13 @@ def _check_required_columns_exist(
 
 def _row_problem(row: dict[str, Any], kind: Kind, required_columns: Sequence[str]) -> str | None:
     """First problem with one row, or None when it is usable."""
-    checks = {"prompt": _prompt_row_problem, "sft": _sft_row_problem, "pair": _pair_row_problem}
+    checks = {
+        "prompt": _prompt_row_problem,
+        "sft": _sft_row_problem,
+        "pair": _pair_row_problem,
+        "unpaired": _unpaired_row_problem,
+        "listwise": _listwise_row_problem,
+    }
     problem = checks[kind](row)
     if problem is not None:
         return problem
@@ -342,28 +402,118 @@ def _sft_row_problem(row: dict[str, Any]) -> str | None:
 
 def _pair_row_problem(row: dict[str, Any]) -> str | None:
     """Check a ``kind="pair"`` row: a prompt, and a chosen and a rejected completion."""
-    wanted = ("prompt", "chosen", "rejected")
-    missing = [name for name in wanted if not _present(row, name)]
-    if missing:
-        return _neither_message(row, wanted, "'prompt', 'chosen' and 'rejected'")
+    return _preference_fields_problem(row, "pair") or _first_problem(
+        _reply_problem(row[name], name) for name in ("chosen", "rejected")
+    )
+
+
+def _unpaired_row_problem(row: dict[str, Any]) -> str | None:
+    """Check a ``kind="unpaired"`` row: a prompt, a completion, and a boolean label."""
+    return (
+        _preference_fields_problem(row, "unpaired")
+        or _reply_problem(row["completion"], "completion")
+        or _label_problem(row["label"])
+    )
+
+
+def _listwise_row_problem(row: dict[str, Any]) -> str | None:
+    """Check a ``kind="listwise"`` row: a prompt, two or more completions, one score each."""
+    return (
+        _preference_fields_problem(row, "listwise")
+        or _completions_problem(row["completions"])
+        or _scores_problem(row["scores"], len(row["completions"]))
+    )
+
+
+def preference_fields_text(kind: str) -> str:
+    """The fields a preference kind needs, for messages: "'prompt', 'chosen' and 'rejected'"."""
+    names = PREFERENCE_FIELDS[kind]
+    return ", ".join(f"'{n}'" for n in names[:-1]) + f" and '{names[-1]}'"
+
+
+def _preference_fields_problem(row: dict[str, Any], kind: str) -> str | None:
+    """A preference row has every field of its kind (not null) and a valid prompt."""
+    wanted = PREFERENCE_FIELDS[kind]
+    absent = [name for name in wanted if not _present(row, name)]
+    if absent:
+        states = ", ".join(f"'{n}' is {'null' if n in row else 'missing'}" for n in absent)
+        need = preference_fields_text(kind)
+        return (
+            f"the row needs {need}, but {states} (its fields are "
+            f"{_list_names(sorted(row))}){_guess(row, wanted)}"
+        )
     prompt = row["prompt"]
     if isinstance(prompt, list):
-        problem = _messages_problem(prompt)
-    else:
-        problem = _string_problem(prompt, "prompt", messages_hint=True)
-    if problem is not None:
+        return _messages_problem(prompt, "prompt")
+    if not isinstance(prompt, str):
+        return f"field 'prompt' must be a string or a list of messages but is {_describe(prompt)}"
+    return _string_problem(prompt, "prompt", messages_hint=False)
+
+
+def _reply_problem(value: Any, name: str) -> str | None:
+    """A completion: a non-blank string, or a list of messages ending with the assistant's."""
+    if isinstance(value, list):
+        problem = _messages_problem(value, name)
+        if problem is None and value[-1]["role"] != "assistant":
+            return (
+                f"field '{name}' is a list of messages but does not end with an assistant message"
+            )
         return problem
-    for name in ("chosen", "rejected"):
-        value = row[name]
-        if isinstance(value, list):
-            problem = _messages_problem(value)
-            if problem is None and (not value or value[-1].get("role") != "assistant"):
-                problem = f"field '{name}' is a list of messages but does not end with an assistant message"
-        else:
-            problem = _string_problem(value, name, messages_hint=False)
-        if problem is not None:
-            return problem
+    if not isinstance(value, str):
+        return f"field '{name}' must be a string or a list of messages but is {_describe(value)}"
+    return _string_problem(value, name, messages_hint=False)
+
+
+def _label_problem(value: Any) -> str | None:
+    """An unpaired row's label: a boolean, or the integer 1 or 0."""
+    if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+        return None
+    return (
+        f"field 'label' must be true (a desirable completion) or false (an undesirable one), "
+        f"or 1 or 0, but is {_describe_value(value)}"
+    )
+
+
+def _completions_problem(value: Any) -> str | None:
+    """A listwise row's completions: a list of at least two completions."""
+    if not isinstance(value, list):
+        return (
+            "field 'completions' must be a list of completions (strings, or lists of messages) "
+            f"but is {_describe(value)}"
+        )
+    if len(value) < 2:
+        held = "is an empty list" if not value else "holds only 1 completion"
+        return f"field 'completions' {held}, but a listwise row needs at least 2 to rank"
+    return _first_problem(_reply_problem(c, f"completions[{i}]") for i, c in enumerate(value))
+
+
+def _scores_problem(value: Any, count: int) -> str | None:
+    """A listwise row's scores: one finite number per completion."""
+    if not isinstance(value, list):
+        return (
+            f"field 'scores' must be a list of numbers, one per completion, but is "
+            f"{_describe(value)}"
+        )
+    if len(value) != count:
+        return (
+            f"field 'scores' has {len(value)} entries but 'completions' has {count}; "
+            "give one score per completion"
+        )
+    for index, score in enumerate(value):
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            return f"field 'scores[{index}]' must be a number but is {_describe_value(score)}"
+        try:
+            finite = math.isfinite(score)
+        except OverflowError:  # an integer too large for a float
+            finite = False
+        if not finite:
+            return f"field 'scores[{index}]' is {_shorten(str(score))}, but scores must be finite numbers"
     return None
+
+
+def _first_problem(problems: Iterable[str | None]) -> str | None:
+    """The first problem of lazily computed checks, or None when all pass."""
+    return next((p for p in problems if p is not None), None)
 
 
 def render_pair_prompt(row: dict[str, Any], tokenizer: Any) -> str:
@@ -373,7 +523,8 @@ def render_pair_prompt(row: dict[str, Any], tokenizer: Any) -> str:
 
 
 def render_pair_side(value: str | list[dict[str, Any]]) -> str:
-    """A validated ``chosen`` / ``rejected`` value as text: the assistant's final reply."""
+    """A validated completion of a preference row (``chosen``, ``rejected``, ``completion``,
+    an entry of ``completions``) as text: the assistant's final reply."""
     return value if isinstance(value, str) else value[-1]["content"]
 
 
@@ -398,25 +549,25 @@ def _sft_messages_problem(messages: Any) -> str | None:
     return None
 
 
-def _messages_problem(messages: Any) -> str | None:
-    """Check the shape of a chat ``messages`` list."""
+def _messages_problem(messages: Any, field_name: str = "messages") -> str | None:
+    """Check the shape of a chat messages list held in the field ``field_name``."""
     if not isinstance(messages, list):
         return (
-            f"field 'messages' must be a list of {{role, content}} objects but is "
+            f"field '{field_name}' must be a list of {{role, content}} objects but is "
             f"{_describe(messages)}"
         )
     if not messages:
-        return "field 'messages' is an empty list; add at least one message"
+        return f"field '{field_name}' is an empty list; add at least one message"
     for index, message in enumerate(messages):
-        problem = _message_problem(index, message)
+        problem = _message_problem(index, message, field_name)
         if problem is not None:
             return problem
     return None
 
 
-def _message_problem(index: int, message: Any) -> str | None:
+def _message_problem(index: int, message: Any, field_name: str = "messages") -> str | None:
     """Check one message: an object with a known ``role`` string and a ``content`` string."""
-    name = f"messages[{index}]"
+    name = f"{field_name}[{index}]"
     if not isinstance(message, dict):
         return f"field '{name}' must be an object with 'role' and 'content' but is {_describe(message)}"
     if "role" not in message and "from" in message:
@@ -459,10 +610,15 @@ def _both_message() -> str:
 
 def _neither_message(row: dict[str, Any], wanted: tuple[str, ...], need: str) -> str:
     """Explain which fields a row lacks, and guess a misnamed one."""
-    keys = sorted(row)
-    others = [k for k in keys if k not in wanted]
-    guess = next((g for g in (_misspelling(name, others) for name in wanted) if g), "")
-    return f"the row needs {need}, but its fields are {_list_names(keys)}{guess}"
+    return (
+        f"the row needs {need}, but its fields are {_list_names(sorted(row))}{_guess(row, wanted)}"
+    )
+
+
+def _guess(row: dict[str, Any], wanted: tuple[str, ...]) -> str:
+    """A note on the first field of the row that looks like a misspelling of a wanted one."""
+    others = [k for k in sorted(row) if k not in wanted]
+    return next((g for g in (_misspelling(name, others) for name in wanted) if g), "")
 
 
 # --------------------------------------------------------------------------- rendering
@@ -567,6 +723,19 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+def _describe_value(value: Any) -> str:
+    """Like :func:`_describe`, showing a string's or number's value too."""
+    if isinstance(value, str):
+        return f"the string {_preview(value)}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"the number {_shorten(str(value))}"
+    return _describe(value)
+
+
+def _shorten(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _close_name(name: str, choices: Sequence[str]) -> str:
     """' (did you mean 'x'?)' when a choice is close to ``name``, else ''."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
@@ -589,8 +758,7 @@ def _list_names(names: Sequence[str], limit: int = 8) -> str:
 
 def _preview(text: Any, width: int = 40) -> str:
     """A short quoted excerpt of text for locating a row."""
-    text = str(text).replace("\n", " ")
-    return repr(text if len(text) <= width else text[: width - 3] + "...")
+    return repr(_shorten(str(text).replace("\n", " "), width))
 
 
 def _first_line(err: BaseException) -> str:

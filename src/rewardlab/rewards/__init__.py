@@ -11,16 +11,28 @@ The online trainer's use, top to bottom::
 from rewardlab.rewards.builtin import REWARD_FACTORIES, RewardFn
 from rewardlab.rewards.combine import combine_rewards, reward_metrics
 from rewardlab.rewards.loading import RewardSource, build_reward_sources
+
+# Imported for its side effect too: it registers the `spo` reward in REWARD_FACTORIES.
+from rewardlab.rewards.preference_fn import (
+    PreferenceFn,
+    build_preference_fn,
+    group_win_matrix,
+    win_rates,
+)
 from rewardlab.rewards.scoring import drain_failure_counts, score_completions, score_rows
 
 __all__ = [
     "REWARD_FACTORIES",
+    "PreferenceFn",
     "RewardFn",
     "RewardSource",
+    "build_preference_fn",
     "build_reward_sources",
     "combine_rewards",
     "drain_failure_counts",
+    "group_win_matrix",
     "reward_metrics",
     "score_completions",
     "score_rows",
+    "win_rates",
 ]

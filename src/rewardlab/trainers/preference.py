@@ -1,12 +1,15 @@
 """Offline preference optimization (DPO and its family): one trainer, one loss registry.
 
-Each step takes a batch of pairs, computes the policy's log-probs of both completions in one
-forward pass (the reference's were computed once, before training, by the same network), and
-calls every configured loss of ``PREFERENCE_LOSSES`` with the fields it names; several losses
-are summed with their weights. Pairwise losses see one row per pair; unpaired losses (KTO)
-see each pair as a desirable and an undesirable completion; listwise losses (LiPO) see each
-pair as a list of two. Per-row losses are summed and divided by the batch's row count, so
-micro-batching does not change the gradient.
+The data are pairs (``prompt`` / ``chosen`` / ``rejected``), unpaired rows (``prompt`` /
+``completion`` / ``label``, KTO) or ranked lists (``prompt`` / ``completions`` / ``scores``,
+LiPO); ``trainers/preference_views.py`` turns each into the fields the losses name. Each step
+computes the policy's log-probs of every completion of its examples in one forward pass per
+micro-batch (the reference's were computed once, before training) and calls every configured
+loss of ``PREFERENCE_LOSSES``; several losses are summed with their weights. Pairwise losses
+see one row per pair; unpaired losses (KTO) also run on pairs, seeing a desirable and an
+undesirable completion; listwise losses (LiPO) see a pair as a list of two. Per-row losses
+are summed and divided by the batch's row count, so micro-batching does not change the
+gradient.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,12 +27,12 @@ import torch
 from rewardlab.algorithms.preference_losses import PREFERENCE_LOSSES
 from rewardlab.batch import RolloutBatch
 from rewardlab.config import PreferenceConfig
-from rewardlab.data.preferences import Pair, heldout_pairs, preference_pairs
+from rewardlab.data.preferences import Pair, heldout_examples, load_preference_data
 from rewardlab.data.prompts import prompt_source
 from rewardlab.models.loading import export_model, load_policy
 from rewardlab.models.logprobs import batch_logprobs, forward_completion_logits, token_logprobs
 from rewardlab.rewards import build_reward_sources
-from rewardlab.rollout.hf import SamplingParams, generate, tokenize_prompts
+from rewardlab.rollout.hf import SamplingParams, generate
 from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
@@ -45,6 +48,21 @@ from rewardlab.trainers.common import (
 )
 from rewardlab.trainers.evaluate import evaluate, write_samples
 from rewardlab.trainers.learner import make_reference, reference_mode
+from rewardlab.trainers.preference_views import (
+    Cache,
+    Example,
+    Order,
+    View,
+    cached_logprobs,
+    check_losses_fit,
+    comparison_pairs,
+    ordered_batch,
+    pair_batch,
+    row_order,
+    stack_cached,
+    view_fields,
+)
+from rewardlab.trainers.token_rewards import token_reward_fields, token_rewards
 
 
 @dataclass
@@ -55,65 +73,6 @@ class PreferenceResult:
     first_eval: dict[str, float] = field(default_factory=dict)
     last_eval: dict[str, float] = field(default_factory=dict)
     skipped_rows: int = 0
-
-
-# --------------------------------------------------------------------------- batches
-
-
-def pair_batch(tokenizer: Any, pairs: list[Pair]) -> RolloutBatch:
-    """The chosen completions (rows 0..B-1) then the rejected ones (B..2B-1), each after its
-    prompt, in the online loop's layout (left-padded prompts, right-padded completions, EOS
-    closing every completion): the same log-prob code serves both trainers."""
-    prompts = [p.prompt for p in pairs] * 2
-    prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts)
-    texts = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
-    width = max(len(ids) for ids in encoded)
-    ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for i, row in enumerate(encoded):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    group = torch.arange(len(pairs)).repeat(2)
-    return RolloutBatch(prompt_ids, prompt_mask, ids, mask, group, torch.zeros(len(encoded), dtype=torch.bool))
-
-
-def loss_fields(token_logp: torch.Tensor, ref_token_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
-    """Every field a preference loss may name, from the [2B, T] token log-probs of a pair batch
-    (policy, reference) and its mask: pairwise sums and lengths, token-level tensors, the
-    unpaired view (KTO) and the two-item listwise view (LiPO)."""
-    half = token_logp.shape[0] // 2
-    m = mask.to(token_logp.dtype)
-    seq = (token_logp * m).sum(-1)
-    ref_seq = (ref_token_logp * m).sum(-1)
-    lengths = m.sum(-1)
-    fields: dict[str, Any] = {
-        "chosen_logp": seq[:half],
-        "rejected_logp": seq[half:],
-        "ref_chosen_logp": ref_seq[:half],
-        "ref_rejected_logp": ref_seq[half:],
-        "chosen_len": lengths[:half],
-        "rejected_len": lengths[half:],
-        "chosen_token_logp": token_logp[:half],
-        "rejected_token_logp": token_logp[half:],
-        "ref_chosen_token_logp": ref_token_logp[:half],
-        "ref_rejected_token_logp": ref_token_logp[half:],
-        "chosen_mask": mask[:half],
-        "rejected_mask": mask[half:],
-        # unpaired: every chosen completion is desirable, every rejected one is not
-        "logp": seq,
-        "ref_logp": ref_seq,
-        "label": torch.arange(2 * half) < half,
-        # listwise: each pair is a list of two, scored 1 (chosen) and 0 (rejected)
-        "list_logp": torch.stack([seq[:half], seq[half:]], dim=1),
-        "list_ref_logp": torch.stack([ref_seq[:half], ref_seq[half:]], dim=1),
-        "list_scores": torch.tensor([[1.0, 0.0]]).expand(half, 2),
-        "list_mask": torch.ones(half, 2, dtype=torch.bool),
-    }
-    # KTO's reference point: the batch's detached estimate of KL(pi || pi_ref), clamped at 0
-    # (TRL estimates it on mismatched prompt/completion pairs; here on the batch's own rows).
-    fields["kl"] = (seq - ref_seq).detach().mean().clamp(min=0)
-    return fields
 
 
 # --------------------------------------------------------------------------- the loop
@@ -129,20 +88,26 @@ def train_preference(
     run_dir = make_run_dir(config.run_dir, "preference")
     seed_everything(config.seed)
     policy, tokenizer = load_policy(config.model, seed=config.seed)
-    pairs, skipped = preference_pairs(config.data, tokenizer, config.seed)
-    held = heldout_pairs(config.data, tokenizer, config.seed)
+    data = load_preference_data(config.data, tokenizer, config.seed)
+    view: View = data.format  # type: ignore[assignment]
+    examples = data.examples
+    check_losses_fit(config.preference.losses, view, token_reward_fields(config))
+    held = comparison_pairs(heldout_examples(config.data, tokenizer, config.seed))
     reference = make_reference(policy)
     micro = config.train.micro_batch_size
-    ref_logp = _reference_logprobs(reference, tokenizer, pairs, micro, config.rollout.temperature)
+    ref_cache = cached_logprobs(
+        reference, tokenizer, examples, micro, config.rollout.temperature, as_reference=True
+    )
+    extras = token_rewards(config, reference, tokenizer, examples, ref_cache)
     optimizer = make_optimizer(policy.parameters(), config.train.optim)
-    per_epoch = -(-len(pairs) // config.train.batch_size)
+    per_epoch = -(-len(examples) // config.train.batch_size)
     total = config.train.epochs * per_epoch
     scheduler = make_scheduler(optimizer, config.train.optim, total)
     check_sinks(config.logging.sinks)
     save_run_config(config, run_dir)
     evaluator = _evaluator(config, tokenizer, reference, held, run_dir)
     sinks = make_sinks(config.logging.sinks, run_dir, config.model_dump(mode="json"))
-    result = PreferenceResult(run_dir, skipped_rows=skipped)
+    result = PreferenceResult(run_dir, skipped_rows=data.skipped)
     if on_start:
         on_start(0, total)
     order_rng = random.Random(config.seed)
@@ -153,11 +118,11 @@ def train_preference(
         started = time.perf_counter()
         policy.train()
         for _epoch in range(config.train.epochs):
-            order = list(range(len(pairs)))
+            order = list(range(len(examples)))
             order_rng.shuffle(order)
             for lo in range(0, len(order), config.train.batch_size):
                 index = order[lo : lo + config.train.batch_size]
-                metrics = preference_step(policy, tokenizer, pairs, ref_logp, index, config)
+                metrics = preference_step(policy, tokenizer, examples, ref_cache, index, config, view, extras)
                 metrics |= {
                     "grad_norm": clip_and_step(policy, optimizer, scheduler, config.train.optim.max_grad_norm),
                     "lr": scheduler.get_last_lr()[0],
@@ -184,40 +149,70 @@ def train_preference(
 def preference_step(
     policy: Any,
     tokenizer: Any,
-    pairs: list[Pair],
-    ref_logp: list[torch.Tensor],
+    examples: Sequence[Example],
+    ref_cache: Cache,
     index: list[int],
     config: PreferenceConfig,
+    view: View = "pairwise",
+    extras: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
-    """Forward and backward over one batch of pairs (accumulated over micro-batches); the
-    caller steps the optimizer. Returns the batch's metrics."""
+    """Forward and backward over the examples ``index`` (accumulated over micro-batches of
+    ``train.micro_batch_size`` examples); the caller steps the optimizer. ``extras`` are
+    per-example fields (tensors indexed by example, or ``Cache`` lists of per-completion
+    token tensors, which are stacked like the reference's). Returns the batch's metrics."""
     micro = config.train.micro_batch_size
-    total_pairs = float(len(index))
+    total = float(len(index))
     sums: dict[str, float] = defaultdict(float)
     for lo in range(0, len(index), micro):
         part = index[lo : lo + micro]
-        batch = pair_batch(tokenizer, [pairs[i] for i in part])
+        order = row_order(view, examples, part)
+        batch = ordered_batch(tokenizer, examples, order)
         logits = forward_completion_logits(policy, batch, config.rollout.temperature)
         token_logp = token_logprobs(logits, batch.completion_ids)
-        ref = _stack_ref([ref_logp[i] for i in part], token_logp.shape[1])
-        fields = loss_fields(token_logp, ref, batch.completion_mask)
+        width = token_logp.shape[1]
+        ref = stack_cached(ref_cache, order, width)
+        fields = view_fields(view, token_logp, ref, batch.completion_mask, [examples[i] for i in part])
+        fields |= _extra_fields(extras or {}, part, order, width)
         loss = torch.zeros((), dtype=token_logp.dtype)
         for choice in config.preference.losses:
             per_row, metrics = PREFERENCE_LOSSES.call(choice.name, fields, choice.params)
-            rows_per_pair = per_row.shape[0] / len(part)  # 1 (pairwise, listwise) or 2 (unpaired)
-            loss = loss + choice.weight * per_row.sum() / (total_pairs * rows_per_pair)
+            rows_per_example = per_row.shape[0] / len(part)  # 2 for unpaired losses on pairs
+            loss = loss + choice.weight * per_row.sum() / (total * rows_per_example)
             for name, values in metrics.items():
-                sums[f"{choice.name}/{name}"] += float(values.detach().float().sum()) / (total_pairs * rows_per_pair)
+                sums[f"{choice.name}/{name}"] += float(values.detach().float().sum()) / (total * rows_per_example)
         loss.backward()
         sums["loss"] += float(loss.detach())
-        for name, value in _pair_stats(fields, len(part) / total_pairs).items():
+        for name, value in _step_stats(view, fields, len(part) / total).items():
             sums[name] += value
     return dict(sums)
 
 
-def _pair_stats(fields: dict[str, Any], share: float) -> dict[str, float]:
-    """Mean log-probs of chosen / rejected and the implicit reward's accuracy and margin
-    (log-ratio to the reference, chosen minus rejected), weighted by the micro-batch's share."""
+def _extra_fields(extras: Mapping[str, Any], part: list[int], order: Order, width: int) -> dict[str, Any]:
+    """The micro-batch's slice of per-example extras. A ``Cache`` (per-completion token
+    values, e.g. token rewards) is stacked in row order and, like the pairwise fields, split
+    into its chosen and rejected halves under the names ``chosen_<name>`` / ``rejected_<name>``."""
+    out: dict[str, Any] = {}
+    for name, value in extras.items():
+        if isinstance(value, torch.Tensor):
+            out[name] = value[part]
+            continue
+        stacked = stack_cached(value, order, width)
+        half = len(part)
+        out[f"chosen_{name}"], out[f"rejected_{name}"] = stacked[:half], stacked[half:]
+    return out
+
+
+def _step_stats(view: View, fields: Mapping[str, Any], share: float) -> dict[str, float]:
+    """Pairs: mean log-probs of chosen / rejected and the implicit reward's accuracy and
+    margin (log-ratio to the reference, chosen minus rejected). Other views: the mean
+    log-prob and log-ratio of their completions. Weighted by the micro-batch's share."""
+    if view != "pairwise":
+        seq = fields["list_logp"][fields["list_mask"]] if view == "listwise" else fields["logp"]
+        ref = fields["list_ref_logp"][fields["list_mask"]] if view == "listwise" else fields["ref_logp"]
+        return {
+            "logps/mean": share * float(seq.detach().mean()),
+            "rewards/log_ratio": share * float((seq - ref).detach().mean()),
+        }
     chosen = (fields["chosen_logp"] - fields["ref_chosen_logp"]).detach()
     rejected = (fields["rejected_logp"] - fields["ref_rejected_logp"]).detach()
     margin = chosen - rejected
@@ -227,40 +222,6 @@ def _pair_stats(fields: dict[str, Any], share: float) -> dict[str, float]:
         "rewards/accuracy": share * float((margin > 0).float().mean()),
         "rewards/margin": share * float(margin.mean()),
     }
-
-
-def _stack_ref(rows: list[torch.Tensor], width: int) -> torch.Tensor:
-    """The cached reference token log-probs of a micro-batch: chosen rows then rejected rows,
-    right-padded to ``width``."""
-    chosen = [r[0] for r in rows]
-    rejected = [r[1] for r in rows]
-    out = torch.zeros(2 * len(rows), width)
-    for i, values in enumerate(chosen + rejected):
-        out[i, : values.numel()] = values
-    return out
-
-
-@torch.no_grad()
-def _reference_logprobs(
-    reference: Any, tokenizer: Any, pairs: list[Pair], micro: int, temperature: float
-) -> list[torch.Tensor]:
-    """Once, before training: each pair's reference token log-probs (chosen, rejected), with
-    padding removed, so no step runs the reference again."""
-    out: list[torch.Tensor] = []
-    for lo in range(0, len(pairs), micro):
-        part = pairs[lo : lo + micro]
-        batch = pair_batch(tokenizer, part)
-        with reference_mode(reference) as ref:
-            logp = batch_logprobs(ref, batch, temperature, 2 * micro)
-        lengths = batch.completion_mask.sum(-1)
-        half = len(part)
-        for i in range(half):
-            chosen = logp[i, : lengths[i]]
-            rejected = logp[half + i, : lengths[half + i]]
-            width = max(chosen.numel(), rejected.numel())
-            pad = torch.nn.functional.pad
-            out.append(torch.stack([pad(chosen, (0, width - chosen.numel())), pad(rejected, (0, width - rejected.numel()))]))
-    return out
 
 
 # --------------------------------------------------------------------------- evaluation
