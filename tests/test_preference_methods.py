@@ -241,3 +241,28 @@ def test_token_rewards_are_the_guides_log_ratio(tmp_path: Path, warm_start: Path
     rewards = token_rewards(config, policy, tokenizer, examples, ref)["token_rewards"]
     assert [len(r) for r in rewards] == [2] * 4
     assert all(torch.allclose(t, torch.zeros_like(t), atol=1e-6) for rows in rewards for t in rows)
+
+
+def test_online_settings_that_cannot_work_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="rollout.top_p: nash_md samples its opponent"):
+        preference_config(tmp_path, preference={"online": {"method": "nash_md"}}, **{"rollout.top_p": 0.9})
+    with pytest.raises(ConfigError, match="token rewards .* are computed for offline runs only"):
+        preference_config(tmp_path, preference={"online": {"method": "dno"}, "token_rewards": {"source": "contrastive"}})
+
+
+def test_conversational_unpaired_rows_evaluate_on_their_desirable_answers(tmp_path: Path) -> None:
+    """Held-out prompts of an unpaired file are its desirable rows, with their completion as
+    the answer, whatever the prompt's form (here lists of messages)."""
+    path = tmp_path / "chat.jsonl"
+    rows = [
+        {"prompt": [{"role": "user", "content": f"q{i}"}],
+         "completion": [{"role": "assistant", "content": "123" if i % 2 else "abc"}], "label": bool(i % 2)}
+        for i in range(8)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = preference_config(tmp_path, **{
+        "data": {"path": str(path), "heldout_size": 8}, "preference": {"losses": [{"name": "kto"}]},
+        "rewards": [{"name": "exact_match"}], "train.epochs": 1,
+    })
+    result = train_preference(config)
+    assert "eval/reward_greedy" in result.last_eval and result.steps == 1

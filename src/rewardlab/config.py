@@ -528,6 +528,21 @@ class PreferenceConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
+    @model_validator(mode="after")
+    def _check_online(self) -> PreferenceConfig:
+        online = self.preference.online
+        if online is not None and online.method == "nash_md" and self.rollout.top_p != 1.0:
+            raise ValueError(
+                "rollout.top_p: nash_md samples its opponent from the exact geometric mixture of "
+                "the policy and the reference, which top-p would truncate; set rollout.top_p: 1.0"
+            )
+        if online is not None and self.preference.token_rewards is not None:
+            raise ValueError(
+                "preference.token_rewards: token rewards (tgdpo, treg) are computed for offline "
+                "runs only; remove preference.online or preference.token_rewards"
+            )
+        return self
+
 
 # --- loading ---------------------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ from rewardlab.trainers.preference_views import (
     cached_logprobs,
     check_losses_fit,
     comparison_pairs,
+    gold_rows,
     ordered_batch,
     pair_batch,
     row_order,
@@ -92,7 +93,8 @@ def train_preference(
     view: View = data.format  # type: ignore[assignment]
     examples = data.examples
     check_losses_fit(config.preference.losses, view, token_reward_fields(config))
-    held = comparison_pairs(heldout_examples(config.data, tokenizer, config.seed))
+    held_examples = heldout_examples(config.data, tokenizer, config.seed)
+    held = comparison_pairs(held_examples)
     reference = make_reference(policy)
     micro = config.train.micro_batch_size
     ref_cache = cached_logprobs(
@@ -105,7 +107,8 @@ def train_preference(
     scheduler = make_scheduler(optimizer, config.train.optim, total)
     check_sinks(config.logging.sinks)
     save_run_config(config, run_dir)
-    evaluator = _evaluator(config, tokenizer, reference, held, run_dir)
+    rows = gold_rows(held_examples) if config.data.task is None else None
+    evaluator = _evaluator(config, tokenizer, reference, held, run_dir, rows)
     sinks = make_sinks(config.logging.sinks, run_dir, config.model_dump(mode="json"))
     result = PreferenceResult(run_dir, skipped_rows=data.skipped)
     if on_start:
@@ -228,14 +231,19 @@ def _step_stats(view: View, fields: Mapping[str, Any], share: float) -> dict[str
 
 
 def _evaluator(
-    config: PreferenceConfig, tokenizer: Any, reference: Any, held: list[Pair], run_dir: Path
+    config: PreferenceConfig,
+    tokenizer: Any,
+    reference: Any,
+    held: list[Pair],
+    run_dir: Path,
+    rows: list[dict[str, str]] | None = None,
 ) -> Callable[[Any, int], dict[str, float]]:
-    """Gold-reward evaluation on held-out prompts (a task, or the eval file's prompts), plus
-    the preference diagnostics on held-out pairs and a sampled KL to the reference."""
-    if config.data.task is None and held:
-        rows = [{"prompt": p.prompt, "answer": p.chosen} for p in held]
+    """Gold-reward evaluation on held-out prompts (``rows``: an offline file's held-out
+    examples; otherwise a task's held-out problems or a prompt file's held-out rows), plus the
+    preference diagnostics on held-out pairs and a sampled KL to the reference."""
+    if rows:
         task = None
-    else:  # a task's held-out problems, or (online, from prompts) the held-out prompt rows
+    else:
         source = prompt_source(config.data, tokenizer, config.seed)
         rows, task = source.heldout_rows, source.task
     sources = build_reward_sources(config.rewards, task)

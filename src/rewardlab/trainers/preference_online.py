@@ -129,7 +129,9 @@ def train_online_preference(
     """The online method of ``config.preference.online``; the model is saved in ``final/``."""
     online = config.preference.online
     assert online is not None
-    check_losses_fit(config.preference.losses, method_view(online.method), METHOD_FIELDS.get(online.method, ()))
+    check_losses_fit(
+        config.preference.losses, method_view(online.method), METHOD_FIELDS.get(online.method, ()), offline=False
+    )
     run_dir = make_run_dir(config.run_dir, "preference")
     seed_everything(config.seed)
     policy, tokenizer = load_policy(config.model, seed=config.seed)

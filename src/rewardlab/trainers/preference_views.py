@@ -240,7 +240,7 @@ def available_fields(view: View, extra: Sequence[str] = ()) -> set[str]:
     return set(view_fields(view, zeros, zeros, torch.ones(rows, 1, dtype=torch.long), [example])) | set(extra)
 
 
-def check_losses_fit(losses: Sequence[Any], view: View, extra: Sequence[str] = ()) -> None:
+def check_losses_fit(losses: Sequence[Any], view: View, extra: Sequence[str] = (), *, offline: bool = True) -> None:
     """Before any work: every configured loss must find its fields in this view, else a
     ConfigError naming the loss, what it needs and the losses that do fit."""
     from rewardlab.algorithms.preference_losses import PREFERENCE_LOSSES
@@ -254,7 +254,11 @@ def check_losses_fit(losses: Sequence[Any], view: View, extra: Sequence[str] = (
                 f"preference.losses[{k}] ({choice.name}) needs {', '.join(missing)}, which "
                 f"{VIEW_COLUMNS[view]} do not give; losses that train on this data: "
                 f"{', '.join(fits) or '(none)'}"
-                + (" (tgdpo and treg also need preference.token_rewards)" if "chosen_token_rewards" in missing else "")
+                + (
+                    " (tgdpo and treg also need preference.token_rewards)"
+                    if offline and "chosen_token_rewards" in missing
+                    else ""
+                )
             )
 
 
@@ -270,3 +274,19 @@ def comparison_pairs(examples: Sequence[Example]) -> list[Pair]:
             worst = min(range(len(e.scores)), key=lambda j: e.scores[j])
             pairs.append(Pair(e.prompt, e.completions[best], e.completions[worst]))
     return pairs
+
+
+def gold_rows(examples: Sequence[Example]) -> list[dict[str, str]]:
+    """Held-out prompts for the gold-reward evaluation, each with its best known answer
+    (``answer``): a pair's chosen completion, a list's best one, an unpaired row's completion
+    when it is desirable (undesirable unpaired rows give no prompt)."""
+    rows = []
+    for e in examples:
+        if isinstance(e, Pair):
+            rows.append({"prompt": e.prompt, "answer": e.chosen})
+        elif isinstance(e, Ranked):
+            best = max(range(len(e.scores)), key=lambda j: e.scores[j])
+            rows.append({"prompt": e.prompt, "answer": e.completions[best]})
+        elif e.label:
+            rows.append({"prompt": e.prompt, "answer": e.completion})
+    return rows
