@@ -266,3 +266,63 @@ def test_conversational_unpaired_rows_evaluate_on_their_desirable_answers(tmp_pa
     })
     result = train_preference(config)
     assert "eval/reward_greedy" in result.last_eval and result.steps == 1
+
+
+# --------------------------------------------------------------------------- resume
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_at(step: int) -> Any:
+    def on_step(current: int, metrics: dict[str, float]) -> None:
+        if current == step:
+            raise _Crash
+
+    return on_step
+
+
+def _logged(run_dir: Path) -> list[dict[str, Any]]:
+    return list(read_metrics(run_dir / "metrics.jsonl"))
+
+
+@pytest.mark.parametrize("online", [False, True], ids=["offline", "online_dno"])
+def test_a_crashed_preference_run_resumes_exactly(tmp_path: Path, warm_start: Path, online: bool) -> None:
+    """Crash after step 5 (checkpoints at 2 and 4), resume: the metrics and the final
+    weights equal those of the same run uninterrupted."""
+    from safetensors.torch import load_file
+
+    from rewardlab.checkpoint import list_checkpoints
+
+    def config(folder: str) -> PreferenceConfig:
+        settings = {"checkpoint.every": 2, "eval.every": 3}
+        if online:
+            base = _online(tmp_path / folder, warm_start, "dno", steps=7)
+            shared = preference_config(tmp_path / folder, **settings)
+            return base.model_copy(update={"checkpoint": shared.checkpoint, "eval": shared.eval})
+        return preference_config(tmp_path / folder, **{"model.name": str(warm_start), "train.epochs": 2,
+                                                       "train.batch_size": 32, **settings})
+
+    run = train_online_preference if online else train_preference
+    straight = run(config("straight"))
+    interrupted = config("interrupted")
+    with pytest.raises(_Crash):
+        run(interrupted, on_step=_crash_at(5))
+    folder = Path(interrupted.run_dir or "")
+    assert [p.name for p in list_checkpoints(folder)] == ["step-000002", "step-000004"]
+    resumed = run(interrupted, resume=folder)
+    assert resumed.steps == straight.steps
+    assert _logged(folder) == _logged(straight.run_dir)
+    a = load_file(str(straight.run_dir / "final" / "model.safetensors"))
+    b = load_file(str(folder / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_changed_training_settings(tmp_path: Path, warm_start: Path) -> None:
+    config = preference_config(tmp_path, **{"model.name": str(warm_start), "train.epochs": 1, "checkpoint.every": 1})
+    with pytest.raises(_Crash):
+        train_preference(config, on_step=_crash_at(2))
+    changed = config.model_copy(update={"seed": 7})
+    with pytest.raises(Exception, match=r"--resume .*seed \(1 -> 7\)"):
+        train_preference(changed, resume=Path(config.run_dir or ""))

@@ -66,9 +66,7 @@ def train(
     if resume is not None and config is None:
         config = resume / CONFIG_FILE  # the run's own resolved config
     if _is_preference_config(config, set_):
-        if resume is not None:
-            raise RewardlabError("--resume: preference runs cannot be resumed yet; start the run again")
-        _train_preference(config, set_)
+        _train_preference(config, set_, resume)
         return
     cfg = load_config(RunConfig, config, set_)
     from rewardlab.tracking.progress import ProgressView
@@ -90,7 +88,7 @@ def _is_preference_config(config: Path | None, set_: list[str] | None) -> bool:
     return in_file or any(item.split("=", 1)[0].strip().split(".")[0] == "preference" for item in set_ or [])
 
 
-def _train_preference(config: Path | None, set_: list[str] | None) -> None:
+def _train_preference(config: Path | None, set_: list[str] | None, resume: Path | None) -> None:
     from rewardlab.config import PreferenceConfig, load_config
     from rewardlab.tracking.progress import ProgressView
     from rewardlab.trainers.preference import train_preference
@@ -103,7 +101,7 @@ def _train_preference(config: Path | None, set_: list[str] | None) -> None:
 
         title, run = f"{cfg.preference.online.method.upper()} ({title})", train_online_preference
     with ProgressView(title, err_console) as view:
-        result = run(cfg, on_start=view.start, on_step=view.step)
+        result = run(cfg, resume=resume, on_start=view.start, on_step=view.step)
     _print_skipped(result.skipped_rows)
     _print_eval("before", result.first_eval)
     _print_eval("after", result.last_eval)

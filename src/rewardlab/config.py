@@ -525,6 +525,7 @@ class PreferenceConfig(Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     preference: PreferenceSection = Field(default_factory=PreferenceSection)
     train: PreferenceTrainConfig = Field(default_factory=PreferenceTrainConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 

@@ -159,3 +159,43 @@ def out_of_time(started: float, limit: float | None) -> bool:
     """Whether ``limit`` seconds (None: no limit) have passed since ``started``
     (``time.perf_counter()``): the ``train.max_seconds`` of SFT and preference runs."""
     return limit is not None and time.perf_counter() - started >= limit
+
+
+def check_resume_settings(
+    schema: Any,
+    config: Any,
+    run_dir: Path,
+    *,
+    may_change: tuple[str, ...],
+    length_keys: tuple[str, ...],
+) -> None:
+    """Refuse to resume with settings that change training (the result would not be the run
+    that was interrupted). Keys starting with one of ``may_change`` are free; a longer run
+    (``length_keys``) is allowed only with a constant learning rate, since a decaying one
+    depends on the run's length."""
+    from rewardlab.config import load_config
+
+    saved = flatten_config(load_config(schema, run_dir / CONFIG_FILE).model_dump(mode="json"))
+    given = flatten_config(config.model_dump(mode="json"))
+    free = may_change + length_keys
+    changed = sorted(k for k in saved.keys() | given.keys() if saved.get(k) != given.get(k) and not k.startswith(free))
+    if saved.get("train.optim.schedule") != "constant":
+        changed += [k for k in length_keys if saved.get(k) != given.get(k)]
+    if changed:
+        shown = ", ".join(f"{k} ({saved.get(k)!r} -> {given.get(k)!r})" for k in changed[:4])
+        raise RewardlabError(
+            f"--resume {run_dir}: the config differs from the run's own {CONFIG_FILE} in {shown}; "
+            "resume with the run's own settings (no CONFIG argument and no --set of these keys; "
+            f"only {', '.join(k.rstrip('.') + ('.*' if k.endswith('.') else '') for k in free)} may "
+            "change, the run's length only with a constant learning rate)"
+        )
+
+
+def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config dump as ``{"a.b.c": value}``."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out |= flatten_config(value, f"{prefix}{key}.")
+        return out
+    return {prefix.rstrip("."): tree}

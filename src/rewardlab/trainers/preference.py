@@ -26,6 +26,7 @@ import torch
 
 from rewardlab.algorithms.preference_losses import PREFERENCE_LOSSES
 from rewardlab.batch import RolloutBatch
+from rewardlab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rewardlab.config import PreferenceConfig
 from rewardlab.data.preferences import Pair, heldout_examples, load_preference_data
 from rewardlab.data.prompts import prompt_source
@@ -37,6 +38,7 @@ from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
     StepCallback,
+    check_resume_settings,
     clip_and_step,
     log_metrics,
     make_optimizer,
@@ -79,14 +81,42 @@ class PreferenceResult:
 # --------------------------------------------------------------------------- the loop
 
 
+# Keys a resumed preference run may change without changing its trajectory.
+RESUME_MAY_CHANGE = ("run_dir", "eval.every", "checkpoint.", "logging.", "train.max_seconds")
+
+
+def start_run(config: PreferenceConfig, resume: str | Path | None, length_key: str) -> Path:
+    """The run folder; on resume, after checking that the settings match the run's own."""
+    run_dir = make_run_dir(str(resume) if resume else config.run_dir, "preference", resume=resume is not None)
+    if resume is not None:
+        check_resume_settings(
+            PreferenceConfig, config, run_dir, may_change=RESUME_MAY_CHANGE, length_keys=(length_key,)
+        )
+    return run_dir
+
+
+def resume_step(run_dir: Path, resume: str | Path | None, policy: Any, optimizer: Any, scheduler: Any) -> int:
+    """0 for a new run; on resume, the newest checkpoint's step, with weights, optimizer,
+    schedule and random state restored from it."""
+    if resume is None:
+        return 0
+    return load_checkpoint(latest_checkpoint(run_dir), policy, optimizer, scheduler).step
+
+
+def due(step: int, every: int, last: int) -> bool:
+    return step == last or (every > 0 and step % every == 0)
+
+
 def train_preference(
     config: PreferenceConfig,
     *,
+    resume: str | Path | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_step: StepCallback | None = None,
 ) -> PreferenceResult:
-    """Optimize ``config.model`` on the preference pairs; the model is saved in ``final/``."""
-    run_dir = make_run_dir(config.run_dir, "preference")
+    """Optimize ``config.model`` on the preference data (or continue the run in ``resume``
+    from its newest checkpoint); the model is saved in ``final/``."""
+    run_dir = start_run(config, resume, "train.epochs")
     seed_everything(config.seed)
     policy, tokenizer = load_policy(config.model, seed=config.seed)
     data = load_preference_data(config.data, tokenizer, config.seed)
@@ -105,25 +135,35 @@ def train_preference(
     per_epoch = -(-len(examples) // config.train.batch_size)
     total = config.train.epochs * per_epoch
     scheduler = make_scheduler(optimizer, config.train.optim, total)
+    start = resume_step(run_dir, resume, policy, optimizer, scheduler)
     check_sinks(config.logging.sinks)
     save_run_config(config, run_dir)
     rows = gold_rows(held_examples) if config.data.task is None else None
     evaluator = _evaluator(config, tokenizer, reference, held, run_dir, rows)
-    sinks = make_sinks(config.logging.sinks, run_dir, config.model_dump(mode="json"))
+    sinks = make_sinks(
+        config.logging.sinks, run_dir, config.model_dump(mode="json"),
+        resume_from_step=start if resume is not None else None,
+    )
     result = PreferenceResult(run_dir, skipped_rows=data.skipped)
     if on_start:
-        on_start(0, total)
+        on_start(start, total)
+    # Every epoch's order comes from one seeded stream, so a resumed run replays the orders
+    # of the epochs it has done and skips their finished batches.
     order_rng = random.Random(config.seed)
     step = 0
     try:
-        result.first_eval = evaluator(policy, 0)
-        log_metrics(sinks, 0, result.first_eval, None)
+        if start == 0:
+            result.first_eval = evaluator(policy, 0)
+            log_metrics(sinks, 0, result.first_eval, None)
         started = time.perf_counter()
         policy.train()
         for _epoch in range(config.train.epochs):
             order = list(range(len(examples)))
             order_rng.shuffle(order)
             for lo in range(0, len(order), config.train.batch_size):
+                if step < start:
+                    step += 1
+                    continue
                 index = order[lo : lo + config.train.batch_size]
                 metrics = preference_step(policy, tokenizer, examples, ref_cache, index, config, view, extras)
                 metrics |= {
@@ -134,6 +174,8 @@ def train_preference(
                 if config.eval.every and step % config.eval.every == 0:
                     metrics |= evaluator(policy, step)
                 log_metrics(sinks, step, metrics, on_step)
+                if due(step, config.checkpoint.every, total):
+                    save_checkpoint(run_dir, policy, optimizer, scheduler, step, {}, config.checkpoint.keep)
                 if out_of_time(started, config.train.max_seconds):
                     break
             if out_of_time(started, config.train.max_seconds):

@@ -35,10 +35,12 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from rewardlab.checkpoint import save_checkpoint
 from rewardlab.config import PER_COMPLETION_METHODS, PreferenceConfig
 from rewardlab.data.preferences import Pair, Unpaired, heldout_examples
 from rewardlab.data.prompts import Row, prompt_source
@@ -64,7 +66,6 @@ from rewardlab.trainers.common import (
     clip_and_step,
     log_metrics,
     make_optimizer,
-    make_run_dir,
     make_scheduler,
     out_of_time,
     save_run_config,
@@ -72,7 +73,14 @@ from rewardlab.trainers.common import (
     step_seed,
 )
 from rewardlab.trainers.learner import make_reference, reference_mode
-from rewardlab.trainers.preference import PreferenceResult, _evaluator, preference_step
+from rewardlab.trainers.preference import (
+    PreferenceResult,
+    _evaluator,
+    due,
+    preference_step,
+    resume_step,
+    start_run,
+)
 from rewardlab.trainers.preference_views import (
     Cache,
     Example,
@@ -123,16 +131,19 @@ def method_view(method: str) -> View:
 def train_online_preference(
     config: PreferenceConfig,
     *,
+    resume: str | Path | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_step: StepCallback | None = None,
 ) -> PreferenceResult:
-    """The online method of ``config.preference.online``; the model is saved in ``final/``."""
+    """The online method of ``config.preference.online`` (or the run in ``resume``, continued
+    from its newest checkpoint: an iteration's prompts and random seeds depend on its number
+    only, so nothing else needs saving); the model is saved in ``final/``."""
     online = config.preference.online
     assert online is not None
     check_losses_fit(
         config.preference.losses, method_view(online.method), METHOD_FIELDS.get(online.method, ()), offline=False
     )
-    run_dir = make_run_dir(config.run_dir, "preference")
+    run_dir = start_run(config, resume, "preference.online.steps")
     seed_everything(config.seed)
     policy, tokenizer = load_policy(config.model, seed=config.seed)
     prompts = prompt_source(config.data, tokenizer, config.seed)
@@ -142,19 +153,24 @@ def train_online_preference(
     reference = make_reference(policy)
     optimizer = make_optimizer(policy.parameters(), config.train.optim)
     scheduler = make_scheduler(optimizer, config.train.optim, online.steps * _steps_per_iteration(config))
+    start = resume_step(run_dir, resume, policy, optimizer, scheduler)
     check_sinks(config.logging.sinks)
     save_run_config(config, run_dir)
     evaluator = _evaluator(config, tokenizer, reference, held, run_dir)
-    sinks = make_sinks(config.logging.sinks, run_dir, config.model_dump(mode="json"))
+    sinks = make_sinks(
+        config.logging.sinks, run_dir, config.model_dump(mode="json"),
+        resume_from_step=start if resume is not None else None,
+    )
     ctx = Context(policy, reference, tokenizer, prompts, sources, judge, config)
-    result = PreferenceResult(run_dir)
+    result = PreferenceResult(run_dir, steps=start)
     if on_start:
-        on_start(0, online.steps)
+        on_start(start, online.steps)
     try:
-        result.first_eval = evaluator(policy, 0)
-        log_metrics(sinks, 0, result.first_eval, None)
+        if start == 0:
+            result.first_eval = evaluator(policy, 0)
+            log_metrics(sinks, 0, result.first_eval, None)
         started = time.perf_counter()
-        for step in range(1, online.steps + 1):
+        for step in range(start + 1, online.steps + 1):
             torch.manual_seed(step_seed(config.seed, step))
             built = collect(ctx, step)
             metrics = built.metrics
@@ -164,6 +180,8 @@ def train_online_preference(
                 metrics |= evaluator(policy, step)
             log_metrics(sinks, step, metrics, on_step)
             result.steps = step
+            if due(step, config.checkpoint.every, online.steps):
+                save_checkpoint(run_dir, policy, optimizer, scheduler, step, {}, config.checkpoint.keep)
             if out_of_time(started, config.train.max_seconds):
                 break
         result.seconds = time.perf_counter() - started
