@@ -1,4 +1,4 @@
-"""The ``rewardlab`` command: train | sft | eval | rm | list | report | quickstart.
+"""The ``rewardlab`` command: train | sft | eval | rm | bon | list | report | quickstart.
 
 User mistakes (``RewardlabError``) print one red line and exit with status 2; anything else
 is a bug and keeps its traceback.
@@ -228,6 +228,16 @@ def quickstart(
     if summary_json is not None:
         summary_json.parent.mkdir(parents=True, exist_ok=True)
         summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+@app.command()
+def bon(config: ConfigArg = None, set_: SetOption = None) -> None:
+    """Test-time selection: best-of-n, majority vote, Best-of-Majority and conservative
+    ensemble best-of-n on held-out prompts; gold reward vs n next to the analytic KL."""
+    from rewardlab.bon import bon_command
+
+    _quiet_libraries()
+    bon_command(config, set_)
 
 
 # `rewardlab rm ...`: the reward-model commands, in their own module.
