@@ -393,9 +393,13 @@ def test_resolved_config_round_trips():
     ids=lambda p: p.name,
 )
 def test_shipped_configs_validate(path):
+    from rewardlab.bon import BonConfig
+
     schema = SFTConfig if "sft" in path.name else RunConfig
     if "preference" in load_yaml(path):
         schema = PreferenceConfig
+    if "select" in load_yaml(path):
+        schema = BonConfig
     load_config(schema, path)
 
 
