@@ -1,4 +1,4 @@
-"""The ``rewardlab`` command: train | sft | eval | rm | bon | list | report | quickstart.
+"""The ``rewardlab`` command: train | sft | eval | rm | bon | serve | judge | list | report | quickstart.
 
 User mistakes (``RewardlabError``) print one red line and exit with status 2; anything else
 is a bug and keeps its traceback.
@@ -239,6 +239,13 @@ def bon(config: ConfigArg = None, set_: SetOption = None) -> None:
     _quiet_libraries()
     bon_command(config, set_)
 
+
+# `rewardlab serve MODEL` and `rewardlab judge probe`: LLM judges, in their own module (light
+# to import: torch loads only when `serve` runs).
+from rewardlab.judges.cli import judge_app, serve_command
+
+app.command("serve")(serve_command)
+app.add_typer(judge_app, name="judge")
 
 # `rewardlab rm ...`: the reward-model commands, in their own module.
 from rewardlab.reward_models.cli import rm_app

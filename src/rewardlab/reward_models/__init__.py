@@ -17,6 +17,11 @@ _WHERE = {
     "evaluate_saved": "evaluate",
     "pairwise_metrics": "evaluate",
     "RewardModelConfig": "config",
+    "ENSEMBLE_AGGREGATIONS": "ensemble",
+    "Ensemble": "ensemble",
+    "aggregate": "ensemble",
+    "load_scorer": "ensemble",
+    "preference_strength": "ensemble",
     "bradley_terry": "losses",
     "RewardModel": "model",
     "load_reward_model": "model",
@@ -25,16 +30,21 @@ _WHERE = {
 }
 
 __all__ = [
+    "ENSEMBLE_AGGREGATIONS",
     "Bucket",
+    "Ensemble",
     "RewardEval",
     "RewardModel",
     "RewardModelConfig",
     "RewardModelResult",
+    "aggregate",
     "bradley_terry",
     "evaluate_pairs",
     "evaluate_saved",
     "load_reward_model",
+    "load_scorer",
     "pairwise_metrics",
+    "preference_strength",
     "train_reward_model",
 ]
 

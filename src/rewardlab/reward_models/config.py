@@ -8,7 +8,7 @@ bins and buckets.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -65,6 +65,30 @@ class RewardEvalConfig(Section):
     buckets: int = Field(4, ge=1, description="margin (or reward-gap quantile) buckets of accuracy")
 
 
+class RewardEnsembleConfig(Section):
+    """K reward models trained cheaply, scored together (see
+    :mod:`rewardlab.reward_models.ensemble`). ``members: 1`` (the default) is a single model.
+
+    * ``seeds``: K full models, member k with seed ``seed + k`` (its head's random start, its
+      pair order, and the backbone itself for ``builtin:tiny``, which is initialised by seed);
+    * ``bootstrap``: as ``seeds``, and each member also trains on its own bootstrap resample
+      of the pairs (n draws with replacement);
+    * ``heads``: one frozen backbone shared by K linear heads, each trained on its own
+      bootstrap resample. The backbone runs once per text (training and scoring), so this costs
+      about one model, not K; the heads only see the backbone's pretrained features.
+    """
+
+    members: int = Field(1, ge=1, description="K; 1 = a single reward model")
+    mode: Literal["seeds", "bootstrap", "heads"] = "seeds"
+    aggregation: str = Field(
+        "mean", min_length=1, description="the ensemble_aggregation scoring the saved ensemble by default"
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="the aggregation's params, e.g. {coef: 0.5}")
+    head_init_std: float = Field(
+        0.02, ge=0.0, description="std of each member head's random start (members must differ)"
+    )
+
+
 class RewardModelConfig(Section):
     """A reward-model run: pairs ``prompt`` / ``chosen`` / ``rejected`` (plus an optional
     margin column) from a file, or built from a task (chosen = the right answer)."""
@@ -76,5 +100,6 @@ class RewardModelConfig(Section):
     loss: RewardLossConfig = Field(default_factory=RewardLossConfig)
     train: RewardTrainConfig = Field(default_factory=RewardTrainConfig)
     eval: RewardEvalConfig = Field(default_factory=RewardEvalConfig)
+    ensemble: RewardEnsembleConfig = Field(default_factory=RewardEnsembleConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 

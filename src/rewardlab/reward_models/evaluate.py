@@ -125,7 +125,13 @@ def pairwise_metrics(
 
 
 def evaluate_pairs(model: Any, pairs: list[RewardPair], *, batch_size: int = 64, bins: int = 10, buckets: int = 4) -> RewardEval:
-    """Score every pair's two sides with ``model`` (a :class:`RewardModel`) and measure."""
+    """Score every pair's two sides with ``model`` (a :class:`RewardModel`, or an
+    :class:`~rewardlab.reward_models.ensemble.Ensemble`, which adds its members' metrics)
+    and measure."""
+    from rewardlab.reward_models.ensemble import Ensemble, evaluate_members
+
+    if isinstance(model, Ensemble):
+        return evaluate_members(model, pairs, batch_size=batch_size, bins=bins, buckets=buckets)
     prompts = [p.prompt for p in pairs]
     chosen = torch.tensor(model.score(prompts, [p.chosen for p in pairs], batch_size))
     rejected = torch.tensor(model.score(prompts, [p.rejected for p in pairs], batch_size))
@@ -151,26 +157,24 @@ def evaluate_saved(
     from rewardlab.errors import RewardlabError
     from rewardlab.reward_models.config import RewardModelConfig
     from rewardlab.reward_models.data import heldout_reward_pairs, read_pairs
-    from rewardlab.reward_models.model import META_FILE, RewardModel
+    from rewardlab.reward_models.ensemble import ENSEMBLE_FILE, load_scorer, scorer_folder
+    from rewardlab.reward_models.model import META_FILE
     from rewardlab.trainers.common import CONFIG_FILE, FINAL_MODEL
 
     target = Path(target)
     run_config = None
-    if (target / META_FILE).is_file():
-        folder = target
-    elif (target / FINAL_MODEL / META_FILE).is_file():
-        folder = target / FINAL_MODEL
-        if (target / CONFIG_FILE).is_file():
-            run_config = load_config(RewardModelConfig, target / CONFIG_FILE)
-    elif target.is_dir():
+    folder = scorer_folder(target)
+    if folder is not None and folder != target and (target / CONFIG_FILE).is_file():
+        run_config = load_config(RewardModelConfig, target / CONFIG_FILE)
+    if folder is None and target.is_dir():
         raise RewardlabError(
-            f"{target}: neither a reward model folder (no {META_FILE}) nor a finished "
-            f"`rm train` run folder (no {FINAL_MODEL}/{META_FILE})"
+            f"{target}: neither a reward model or ensemble folder (no {META_FILE} / {ENSEMBLE_FILE}) "
+            f"nor a finished `rm train` run folder (no {FINAL_MODEL}/{META_FILE})"
         )
-    else:
+    if folder is None:
         raise RewardlabError(f"{target}: no such folder; pass a reward model or an `rm train` run folder")
     column = margin_column or (run_config.loss.margin_column if run_config else "margin")
-    model = RewardModel.load(folder)
+    model = load_scorer(folder)
     if data is not None:
         pairs = read_pairs(str(data), model.tokenizer, column, skip_bad_rows=skip_bad_rows).pairs
     elif run_config is not None:

@@ -128,11 +128,15 @@ class RewardModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """One float32 reward per row, [B]."""
+        return self.head(self.features(input_ids, attention_mask, **kwargs)).squeeze(-1)
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """The pooled hidden state the head reads, [B, H] in the head's dtype (an ensemble
+        of heads on one backbone computes it once for all its heads)."""
         if not self.encoder:
             kwargs["use_cache"] = False
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        pooled = self.pool(hidden, attention_mask).to(self.head.weight.dtype)
-        return self.head(pooled).squeeze(-1)
+        return self.pool(hidden, attention_mask).to(self.head.weight.dtype)
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[B, L, H] hidden states -> [B, H] by the model's pooling rule."""

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -57,7 +58,13 @@ def train_reward_model(
     on_step: StepCallback | None = None,
 ) -> RewardModelResult:
     """Train a scalar reward model on ``config``'s pairs; writes ``final/`` (the model),
-    ``metrics.jsonl`` and ``eval.json`` (the last evaluation, with its buckets)."""
+    ``metrics.jsonl`` and ``eval.json`` (the last evaluation, with its buckets). With
+    ``ensemble.members`` > 1 it trains an ensemble instead
+    (:func:`rewardlab.reward_models.ensemble_trainer.train_ensemble`)."""
+    if config.ensemble.members > 1:
+        from rewardlab.reward_models.ensemble_trainer import train_ensemble
+
+        return train_ensemble(config, on_start=on_start, on_step=on_step)
     run_dir = make_run_dir(config.run_dir, "rm")
     seed_everything(config.seed)
     model = load_reward_model(config.model, seed=config.seed)
@@ -66,13 +73,7 @@ def train_reward_model(
         config.data, model.tokenizer, config.seed, margin_column, require_margin=config.loss.use_margin
     )
     held = heldout_reward_pairs(config.data, model.tokenizer, config.seed, margin_column)
-    optimizer = make_optimizer(model.parameters(), config.train.optim)
-    per_epoch = -(-len(data.pairs) // config.train.batch_size)
-    total = config.train.epochs * per_epoch
-    scheduler = make_scheduler(optimizer, config.train.optim, total)
-    check_sinks(config.logging.sinks)
-    save_run_config(config, run_dir)
-    sinks = make_sinks(config.logging.sinks, run_dir, config.model_dump(mode="json"))
+    sinks = open_sinks(config, run_dir)
     result = RewardModelResult(run_dir, skipped_rows=data.skipped)
 
     def evaluate(step: int) -> RewardEval:
@@ -84,38 +85,20 @@ def train_reward_model(
         return found
 
     if on_start:
-        on_start(0, total)
-    order_rng = random.Random(config.seed)
-    step = 0
+        on_start(0, steps_per_member(len(data.pairs), config))
     try:
         last = evaluate(0)
         result.first_eval = last.metrics
         started = time.perf_counter()
-        model.train()
-        for _epoch in range(config.train.epochs):
-            order = list(range(len(data.pairs)))
-            order_rng.shuffle(order)
-            for lo in range(0, len(order), config.train.batch_size):
-                batch = [data.pairs[i] for i in order[lo : lo + config.train.batch_size]]
-                metrics = reward_step(model, batch, config)
-                metrics |= {
-                    "grad_norm": clip_and_step(model, optimizer, scheduler, config.train.optim.max_grad_norm),
-                    "lr": scheduler.get_last_lr()[0],
-                }
-                step += 1
-                if config.eval.every and step % config.eval.every == 0:
-                    metrics |= evaluate_pairs(
-                        model, held, batch_size=config.eval.batch_size,
-                        bins=config.eval.calibration_bins, buckets=config.eval.buckets,
-                    ).metrics
-                log_metrics(sinks, step, metrics, on_step)
-                if out_of_time(started, config.train.max_seconds):
-                    break
-            if out_of_time(started, config.train.max_seconds):
-                break
+        result.steps = fit(
+            model, model_scorer(model), data.pairs, config, seed=config.seed, sinks=sinks, on_step=on_step,
+            evaluate=lambda: evaluate_pairs(
+                model, held, batch_size=config.eval.batch_size,
+                bins=config.eval.calibration_bins, buckets=config.eval.buckets,
+            ).metrics,
+        )
         result.seconds = time.perf_counter() - started
-        result.steps = step
-        last = evaluate(step)
+        last = evaluate(result.steps)
         result.last_eval = last.metrics
     finally:
         close_all(sinks)
@@ -125,21 +108,94 @@ def train_reward_model(
     return result
 
 
+def open_sinks(config: RewardModelConfig, run_dir: Path) -> list[Any]:
+    """Check the sinks, save the run's config, open the sinks."""
+    check_sinks(config.logging.sinks)
+    save_run_config(config, run_dir)
+    return make_sinks(config.logging.sinks, run_dir, config.model_dump(mode="json"))
+
+
+def steps_per_member(pairs: int, config: RewardModelConfig) -> int:
+    return config.train.epochs * -(-pairs // config.train.batch_size)
+
+
+# Pairs -> (chosen rewards, rejected rewards), with gradients.
+PairScorer = Callable[[list[RewardPair]], tuple[torch.Tensor, torch.Tensor]]
+
+
+def model_scorer(model: RewardModel) -> PairScorer:
+    """Both sides of the pairs in one forward pass: one padded batch of 2m texts."""
+
+    def score(part: list[RewardPair]) -> tuple[torch.Tensor, torch.Tensor]:
+        prompts = [p.prompt for p in part]
+        rewards = model.rewards(prompts * 2, [p.chosen for p in part] + [p.rejected for p in part])
+        return rewards[: len(part)], rewards[len(part) :]
+
+    return score
+
+
+def fit(
+    trained: torch.nn.Module,
+    scorer: PairScorer,
+    pairs: list[RewardPair],
+    config: RewardModelConfig,
+    *,
+    seed: int,
+    sinks: list[Any],
+    on_step: StepCallback | None = None,
+    first_step: int = 0,
+    prefix: str = "",
+    evaluate: Callable[[], dict[str, float]] | None = None,
+    max_seconds: float | None = None,
+) -> int:
+    """The optimizer loop over ``pairs`` for ``train.epochs`` epochs, updating ``trained``'s
+    trainable parameters; logs each step as ``first_step + n`` with keys under ``prefix``
+    (an ensemble member's ``member{k}/``). Returns the number of steps taken."""
+    optimizer = make_optimizer(trained.parameters(), config.train.optim)
+    scheduler = make_scheduler(optimizer, config.train.optim, steps_per_member(len(pairs), config))
+    order_rng = random.Random(seed)
+    limit = config.train.max_seconds if max_seconds is None else max_seconds
+    started = time.perf_counter()
+    step = 0
+    trained.train()
+    for _epoch in range(config.train.epochs):
+        order = list(range(len(pairs)))
+        order_rng.shuffle(order)
+        for lo in range(0, len(order), config.train.batch_size):
+            batch = [pairs[i] for i in order[lo : lo + config.train.batch_size]]
+            metrics = pair_loss_step(scorer, batch, config)
+            metrics |= {
+                "grad_norm": clip_and_step(trained, optimizer, scheduler, config.train.optim.max_grad_norm),
+                "lr": scheduler.get_last_lr()[0],
+            }
+            step += 1
+            if evaluate is not None and config.eval.every and step % config.eval.every == 0:
+                metrics |= evaluate()
+            log_metrics(sinks, first_step + step, {prefix + k: v for k, v in metrics.items()}, on_step)
+            if out_of_time(started, limit):
+                return step
+    return step
+
+
 def reward_step(model: RewardModel, batch: list[RewardPair], config: RewardModelConfig) -> dict[str, float]:
     """Forward and backward over ``batch`` in micro-batches; the caller steps the optimizer.
     Returns the batch's loss and reward statistics."""
+    return pair_loss_step(model_scorer(model), batch, config)
+
+
+def pair_loss_step(scorer: PairScorer, batch: list[RewardPair], config: RewardModelConfig) -> dict[str, float]:
+    """:func:`reward_step` for any way of scoring pairs (a whole model, or one head on
+    cached features). The per-pair loss is summed and divided by the batch's pair count, so
+    micro-batching does not change the gradient."""
     micro = config.train.micro_batch_size
     total = float(len(batch))
     sums: dict[str, float] = defaultdict(float)
     for lo in range(0, len(batch), micro):
         part = batch[lo : lo + micro]
-        prompts = [p.prompt for p in part]
-        # Both sides in one forward pass: one padded batch of 2m texts.
-        rewards = model.rewards(prompts * 2, [p.chosen for p in part] + [p.rejected for p in part])
-        chosen, rejected = rewards[: len(part)], rewards[len(part) :]
+        chosen, rejected = scorer(part)
         margin = None
         if config.loss.use_margin:
-            margin = torch.tensor([p.margin for p in part], dtype=rewards.dtype)
+            margin = torch.tensor([p.margin for p in part], dtype=chosen.dtype)
         per_pair = bradley_terry(chosen, rejected, margin, config.loss.center_coef)
         loss = per_pair.sum() / total
         loss.backward()

@@ -8,6 +8,11 @@ The online trainer's use, top to bottom::
     metrics.update(reward_metrics(scores))
 """
 
+# Imported for its side effect: it registers the `llm_judge` reward in REWARD_FACTORIES.
+import rewardlab.judges.llm  # noqa: F401
+
+# Imported for its side effect: it registers the `reward_model` reward in REWARD_FACTORIES.
+from rewardlab.reward_models import reward_source as _reward_model_source  # noqa: F401
 from rewardlab.rewards.builtin import REWARD_FACTORIES, RewardFn
 from rewardlab.rewards.combine import combine_rewards, reward_metrics
 from rewardlab.rewards.loading import RewardSource, build_reward_sources

@@ -1,0 +1,195 @@
+"""Training a reward-model ensemble (``ensemble.members`` > 1 in an ``rm train`` config).
+
+Members are trained one after another with the single model's loop
+(:func:`rewardlab.reward_models.trainer.fit`); their steps are logged one after another too,
+under ``member{k}/`` (``member0/loss``, ...), so ``metrics.jsonl`` holds K * steps training
+lines. Evaluations (before and after) report the aggregated ensemble as ``eval/...`` plus
+``eval/member{k}/accuracy``, ``eval/member_accuracy_mean`` and ``eval/disagreement``.
+
+Modes (see :class:`rewardlab.reward_models.config.RewardEnsembleConfig`):
+
+* ``seeds`` / ``bootstrap``: member k is a full model seeded ``seed + k``; ``bootstrap`` also
+  trains it on n pairs drawn with replacement. ``train.max_seconds`` is split evenly, so every
+  member gets trained.
+* ``heads``: one backbone, frozen, and K heads. The pooled features of every training text
+  are computed once; each head then trains on its bootstrap resample from those cached
+  features, so K heads cost about one backbone pass over the data.
+
+Every member's head starts from its own random perturbation (``ensemble.head_init_std``) of
+the loaded head (zero for a fresh backbone): with identical starts and a pretrained backbone,
+``seeds`` members would differ only in their pair order.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from rewardlab.errors import ConfigError, RegistryError
+from rewardlab.reward_models.config import RewardModelConfig
+from rewardlab.reward_models.data import RewardPair, heldout_reward_pairs, training_pairs
+from rewardlab.reward_models.ensemble import Ensemble, check_aggregation, evaluate_members
+from rewardlab.reward_models.evaluate import RewardEval, evaluate_pairs
+from rewardlab.reward_models.model import RewardModel, load_reward_model
+from rewardlab.reward_models.trainer import (
+    EVAL_FILE,
+    PairScorer,
+    RewardModelResult,
+    fit,
+    model_scorer,
+    open_sinks,
+    steps_per_member,
+    write_eval,
+)
+from rewardlab.tracking import close_all, write_report
+from rewardlab.trainers.common import (
+    FINAL_MODEL,
+    StepCallback,
+    log_metrics,
+    make_run_dir,
+    seed_everything,
+)
+
+
+def train_ensemble(
+    config: RewardModelConfig,
+    *,
+    on_start: Callable[[int, int], None] | None = None,
+    on_step: StepCallback | None = None,
+) -> RewardModelResult:
+    """Train ``ensemble.members`` reward models; ``final/`` is the saved :class:`Ensemble`."""
+    spec = config.ensemble
+    try:
+        check_aggregation(spec.aggregation, spec.params, "ensemble.aggregation")
+    except RegistryError as err:
+        raise ConfigError(str(err)) from None
+    run_dir = make_run_dir(config.run_dir, "rm")
+    seed_everything(config.seed)
+    members = load_members(config)
+    ensemble = Ensemble(members, spec.aggregation, spec.params)
+    margin_column = config.loss.margin_column
+    data = training_pairs(
+        config.data, ensemble.tokenizer, config.seed, margin_column, require_margin=config.loss.use_margin
+    )
+    held = heldout_reward_pairs(config.data, ensemble.tokenizer, config.seed, margin_column)
+    sinks = open_sinks(config, run_dir)
+    result = RewardModelResult(run_dir, skipped_rows=data.skipped)
+    budget = config.train.max_seconds / spec.members if config.train.max_seconds else None
+
+    def evaluate(step: int) -> RewardEval:
+        found = evaluate_members(
+            ensemble, held, batch_size=config.eval.batch_size,
+            bins=config.eval.calibration_bins, buckets=config.eval.buckets,
+        )
+        log_metrics(sinks, step, found.metrics, None)
+        return found
+
+    if on_start:
+        on_start(0, spec.members * steps_per_member(len(data.pairs), config))
+    scorers = head_scorers(members, data.pairs, config) if spec.mode == "heads" else None
+    try:
+        last = evaluate(0)
+        result.first_eval = last.metrics
+        started = time.perf_counter()
+        for k, member in enumerate(members):
+            seed = config.seed + k
+            pairs = data.pairs if spec.mode == "seeds" else bootstrap(data.pairs, seed)
+            trained: torch.nn.Module = member.head if scorers else member
+            result.steps += fit(
+                trained, scorers[k] if scorers else model_scorer(member), pairs, config,
+                seed=seed, sinks=sinks, on_step=on_step, first_step=result.steps,
+                prefix=f"member{k}/", evaluate=_member_eval(member, held, config), max_seconds=budget,
+            )
+        result.seconds = time.perf_counter() - started
+        last = evaluate(result.steps)
+        result.last_eval = last.metrics
+    finally:
+        close_all(sinks)
+    ensemble.save(run_dir / FINAL_MODEL)
+    write_eval(run_dir / EVAL_FILE, last)
+    write_report(run_dir)
+    return result
+
+
+def load_members(config: RewardModelConfig) -> list[RewardModel]:
+    """K members: K models (seeded ``seed + k``), or for ``heads`` one frozen backbone held by
+    K ``RewardModel`` objects, each head perturbed with its own seed."""
+    spec = config.ensemble
+    if spec.mode == "heads":
+        lead = load_reward_model(config.model, seed=config.seed)
+        lead.backbone.requires_grad_(False)  # frozen: only the heads train
+        members = [lead] + [
+            RewardModel(lead.backbone, lead.tokenizer, lead.pooling, lead.max_length) for _ in range(spec.members - 1)
+        ]
+        for m in members[1:]:
+            m.head.load_state_dict(lead.head.state_dict())
+    else:
+        members = []
+        for k in range(spec.members):
+            seed_everything(config.seed + k)
+            members.append(load_reward_model(config.model, seed=config.seed + k))
+    for k, m in enumerate(members):
+        perturb_head(m, spec.head_init_std, config.seed + k)
+    return members
+
+
+def perturb_head(model: RewardModel, std: float, seed: int) -> None:
+    """Add N(0, std^2) noise to the head's weight (the bias stays), from its own generator."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        noise = torch.randn(model.head.weight.shape, generator=generator, dtype=torch.float32)
+        model.head.weight.add_(std * noise.to(model.head.weight.dtype))
+
+
+def bootstrap(pairs: list[RewardPair], seed: int) -> list[RewardPair]:
+    """n pairs drawn with replacement: about 63% of the distinct pairs, some repeated."""
+    rng = random.Random(f"bootstrap-{seed}")  # its own stream: not the pair-order shuffle's
+    return [pairs[rng.randrange(len(pairs))] for _ in range(len(pairs))]
+
+
+@torch.no_grad()
+def pooled_features(model: RewardModel, pairs: list[RewardPair], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen backbone's pooled features of every pair's chosen and rejected text, [N, H]."""
+    model.eval()
+    sides: list[torch.Tensor] = []
+    for field in ("chosen", "rejected"):
+        parts = []
+        for lo in range(0, len(pairs), batch_size):
+            part = pairs[lo : lo + batch_size]
+            batch = model.encode([p.prompt for p in part], [getattr(p, field) for p in part])
+            parts.append(model.features(**batch))
+        sides.append(torch.cat(parts))
+    return sides[0], sides[1]
+
+
+def head_scorers(members: list[RewardModel], pairs: list[RewardPair], config: RewardModelConfig) -> list[PairScorer]:
+    """One scorer per head over features cached once (the backbone is frozen, so they never
+    change). A pair is found by identity: bootstrap samples hold the same objects."""
+    chosen, rejected = pooled_features(members[0], pairs, config.eval.batch_size)
+    rows = {id(p): i for i, p in enumerate(pairs)}
+
+    def scorer(head: torch.nn.Module) -> PairScorer:
+        def score(part: list[RewardPair]) -> tuple[torch.Tensor, torch.Tensor]:
+            index = torch.tensor([rows[id(p)] for p in part])
+            return head(chosen[index]).squeeze(-1), head(rejected[index]).squeeze(-1)
+
+        return score
+
+    return [scorer(m.head) for m in members]
+
+
+def _member_eval(member: RewardModel, held: list[RewardPair], config: RewardModelConfig) -> Callable[[], dict[str, Any]]:
+    """The in-training evaluation of one member (``eval.every``), logged as member{k}/eval/..."""
+
+    def run() -> dict[str, Any]:
+        return evaluate_pairs(
+            member, held, batch_size=config.eval.batch_size,
+            bins=config.eval.calibration_bins, buckets=config.eval.buckets,
+        ).metrics
+
+    return run
+
