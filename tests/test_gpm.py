@@ -225,3 +225,16 @@ def test_an_online_run_is_labelled_by_a_gpm(
     online = train_online_preference(config)
     assert online.steps == 2
     assert calls and sum(calls) == 2 * 4 * 3  # steps x prompts x the 3 pairs of 3 samples
+
+
+def test_rm_train_with_a_gpm_section_trains_a_gpm(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "rewardlab.cli", "rm", "train", "--set", "gpm.dim=4", "--set", "data.num_examples=32",
+         "--set", "data.heldout_size=8", "--set", "train.epochs=1", "--set", f"run_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "run" / "final" / "gpm.json").is_file() and "after: accuracy=" in done.stdout

@@ -44,10 +44,14 @@ def rm_train(
         typer.Option("--set", "-s", help="Override a config key: --set loss.center_coef=0.01 (repeatable)."),
     ] = None,
 ) -> None:
-    """Train a scalar reward model with the Bradley-Terry loss (optional margin, centering)."""
+    """Train a scalar reward model with the Bradley-Terry loss (optional margin, centering),
+    an ensemble of them (``ensemble:``), or a general preference model (a ``gpm:`` section)."""
     from rewardlab.config import load_config
     from rewardlab.reward_models.config import RewardModelConfig
 
+    if _is_gpm_config(config, set_):
+        _train_gpm(config, set_)
+        return
     # Validate before importing torch and transformers: a config mistake is reported at once.
     cfg = load_config(RewardModelConfig, config, set_)
     _quiet_libraries()
@@ -58,6 +62,29 @@ def rm_train(
         result = train_reward_model(cfg, on_start=view.start, on_step=view.step)
     if result.skipped_rows:
         err_console.print(f"[yellow]skipped {result.skipped_rows} bad dataset rows[/yellow] (data.skip_bad_rows is on)")
+    _print_metrics("before", result.first_eval)
+    _print_metrics("after", result.last_eval)
+    console.print(f"model: {result.run_dir / 'final'}  ({result.steps} steps, {result.seconds:.0f} s)")
+
+
+def _is_gpm_config(config: Path | None, set_: list[str] | None) -> bool:
+    """A ``gpm:`` section (in the file or set with --set) makes the run a general preference
+    model's."""
+    from rewardlab.config import load_yaml
+
+    in_file = config is not None and config.is_file() and "gpm" in load_yaml(config)
+    return in_file or any(item.split("=", 1)[0].strip().split(".")[0] == "gpm" for item in set_ or [])
+
+
+def _train_gpm(config: Path | None, set_: list[str] | None) -> None:
+    from rewardlab.config import load_config
+    from rewardlab.reward_models.gpm_trainer import GPMConfig, train_gpm
+    from rewardlab.tracking.progress import ProgressView
+
+    cfg = load_config(GPMConfig, config, set_)
+    _quiet_libraries()
+    with ProgressView("GPM", err_console) as view:
+        result = train_gpm(cfg, on_start=view.start, on_step=view.step)
     _print_metrics("before", result.first_eval)
     _print_metrics("after", result.last_eval)
     console.print(f"model: {result.run_dir / 'final'}  ({result.steps} steps, {result.seconds:.0f} s)")
