@@ -25,11 +25,21 @@ def catalogue() -> dict[str, Any]:
 
 
 def _registries() -> dict[str, Any]:
-    """The online-RL axes, the reward combiners and the preference losses."""
-    from rewardlab.algorithms import PREFERENCE_LOSSES
+    """The online-RL axes, the process-reward credit transforms, the reward combiners, the
+    preference losses, the reward-model ensemble aggregations and the test-time selectors."""
+    from rewardlab.algorithms import CREDIT_TRANSFORMS, PREFERENCE_LOSSES
+    from rewardlab.reward_models.ensemble import ENSEMBLE_AGGREGATIONS
     from rewardlab.rewards.combiners import REWARD_COMBINERS
+    from rewardlab.selection import SELECTORS
 
-    return {**AXES, "reward_combiner": REWARD_COMBINERS, "preference_loss": PREFERENCE_LOSSES}
+    return {
+        **AXES,
+        "credit": CREDIT_TRANSFORMS,
+        "reward_combiner": REWARD_COMBINERS,
+        "preference_loss": PREFERENCE_LOSSES,
+        "ensemble_aggregation": ENSEMBLE_AGGREGATIONS,
+        "selector": SELECTORS,
+    }
 
 
 def _first_paragraph(fn: Any) -> str:

@@ -184,6 +184,44 @@ class CriticConfig(Section):
     value_clip: float | None = Field(0.2, gt=0.0, description="PPO value clipping; null = off")
 
 
+class ProcessRewardConfig(Section):
+    """Dense process rewards added to the per-token rewards (``token_rewards``) that the
+    advantage estimator reads (``gae``, ``prime``).
+
+    ``implicit_prm`` (arXiv 2412.01981): token rewards beta * log(pi_prm / pi_ref), where
+    pi_ref is the run's reference policy and pi_prm starts from ``model`` (a folder or name
+    with the policy's tokenizer; null = a copy of the initial policy, whose rewards start at
+    0). The completion is cut into steps at ``separator``; each step's summed reward goes
+    through the ``credit`` transforms in order (``min_form``, ``clip``, ``delta``, ``gated``;
+    none = plain sum), is placed on the step's last token and scaled by ``coef``. With
+    ``update`` the PRM is trained online on each step's rollouts, one optimizer step of the
+    cross-entropy between sigmoid(beta * log-ratio) and the outcome reward clipped to [0, 1]
+    (PRIME, arXiv 2502.01456).
+    """
+
+    source: Literal["implicit_prm"] = "implicit_prm"
+    model: str | None = None
+    beta: float = Field(0.05, gt=0.0)
+    separator: str = "\n"
+    credit: list[NamedChoice] = Field(default_factory=list)
+    coef: float = 1.0
+    update: bool = True
+    lr: float = Field(1e-6, gt=0.0, description="the PRM's learning rate (online update)")
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ProcessRewardConfig:
+        from rewardlab.algorithms import CREDIT_TRANSFORMS
+
+        _check_named(CREDIT_TRANSFORMS, self.credit, "credit")
+        if self.model is None and not self.update:
+            raise ValueError(
+                "process_reward: with model null the PRM starts as the reference policy, so "
+                "its rewards stay 0 without update: true; give a trained PRM's model or update"
+            )
+        return self
+
+
 # config key -> registry axis, for the axes that are lists or may be absent
 _LIST_AXES = {"reward_transforms": "reward_transform", "token_masks": "token_mask"}
 _OPTIONAL_AXES = {"batch_filter": "batch_filter", "correction": "correction"}
@@ -207,6 +245,7 @@ class AlgorithmConfig(Section):
     correction: AxisChoice | None = None
     entropy: EntropyConfig = Field(default_factory=EntropyConfig)
     critic: CriticConfig = Field(default_factory=CriticConfig)
+    process_reward: ProcessRewardConfig | None = None
 
     @model_validator(mode="after")
     def _resolve(self) -> AlgorithmConfig:
@@ -261,6 +300,15 @@ class AlgorithmConfig(Section):
                 if opt.name is None:
                     raise RegistryError(f"algorithm.{key}: give a name ({', '.join(AXES[axis].names())})")
                 AXES[axis].check_params(opt.name, opt.params, f"algorithm.{key}.params")
+        advantage = self.advantage
+        assert advantage is not None and advantage.name is not None
+        reads_tokens = "token_rewards" in AXES["advantage"].get(advantage.name).inputs
+        if self.process_reward is not None and not reads_tokens:
+            readers = [e.name for e in AXES["advantage"] if "token_rewards" in e.inputs]
+            raise RegistryError(
+                f"algorithm.process_reward: advantage '{advantage.name}' does not read "
+                f"per-token rewards; use one that does ({', '.join(readers)})"
+            )
 
 
 def _merge_axis(given: AxisChoice | None, recipe: dict[str, Any]) -> AxisChoice:

@@ -4,7 +4,9 @@ from rewardlab.algorithms import (  # noqa: F401
     advantages,
     aggregation,
     corrections,
+    credit,
     filters,
+    implicit_prm,
     kl,
     policy_losses,
     preference_losses,
@@ -17,6 +19,7 @@ from rewardlab.algorithms import (  # noqa: F401
 from rewardlab.algorithms.advantages import ADVANTAGES
 from rewardlab.algorithms.aggregation import AGGREGATIONS
 from rewardlab.algorithms.corrections import CORRECTIONS
+from rewardlab.algorithms.credit import CREDIT_TRANSFORMS
 from rewardlab.algorithms.filters import BATCH_FILTERS
 from rewardlab.algorithms.kl import KL_ESTIMATORS
 from rewardlab.algorithms.policy_losses import POLICY_LOSSES
@@ -44,6 +47,7 @@ __all__ = [
     "AXES",
     "BATCH_FILTERS",
     "CORRECTIONS",
+    "CREDIT_TRANSFORMS",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
     "PREFERENCE_LOSSES",

@@ -74,6 +74,11 @@ from rewardlab.trainers.learner import (
     reference_mode,
     update,
 )
+from rewardlab.trainers.process_rewards import (
+    ProcessRewardModel,
+    make_process_reward_model,
+    process_token_rewards,
+)
 
 
 @dataclass
@@ -144,8 +149,11 @@ def train(
     scheduler = make_scheduler(optimizer, config.train.optim, optimizer_steps(config))
     kl = config.algorithm.kl
     assert kl is not None and kl.coef is not None
-    reference = make_reference(policy) if kl.coef > 0 or kl.target is not None else None
+    process = config.algorithm.process_reward
+    needs_reference = kl.coef > 0 or kl.target is not None or process is not None
+    reference = make_reference(policy) if needs_reference else None
     critic = make_critic(policy, config) if needs_critic(config) else None
+    prm = make_process_reward_model(policy, tokenizer, config)
     state = AlgorithmState.start(config)
 
     start = 0
@@ -153,6 +161,10 @@ def train(
         saved = load_checkpoint(latest_checkpoint(run_dir), policy, optimizer, scheduler)
         start = saved.step
         state = restore_state(saved.extra, config, start, critic)
+        if prm is not None:
+            if "process_reward" not in saved.extra:
+                raise RewardlabError("--resume: the checkpoint holds no process reward model")
+            prm.load_state_dict(saved.extra["process_reward"])
         for source in sources:
             if source.name in saved.extra.get("reward_sources", {}):
                 source.fn.load_state_dict(saved.extra["reward_sources"][source.name])
@@ -178,7 +190,7 @@ def train(
             batch, metrics = collect(policy, tokenizer, prompts, sources, config, state, step)
             t1 = time.perf_counter()
             if batch.size > 0:  # a filter may leave nothing to learn from
-                metrics |= prepare(policy, reference, critic, batch, config, state)
+                metrics |= prepare(policy, reference, critic, batch, config, state, prm)
                 metrics |= estimate_advantages(batch, config, state)
                 coefs = state.coefficients()
                 metrics |= update(policy, optimizer, scheduler, batch, config, step, coefs, critic)
@@ -197,6 +209,8 @@ def train(
                 }
                 if critic is not None:
                     extra["critic"] = critic.state_dict()
+                if prm is not None:
+                    extra["process_reward"] = prm.state_dict()
                 save_checkpoint(run_dir, policy, optimizer, scheduler, step, extra, config.checkpoint.keep)
     finally:
         close_all(sinks)
@@ -478,10 +492,12 @@ def prepare(
     batch: RolloutBatch,
     config: RunConfig,
     state: AlgorithmState,
+    prm: ProcessRewardModel | None = None,
 ) -> dict[str, float]:
     """The no-gradient passes before the update: old log-probs (when the update is off-policy
     or a stage reads them), reference log-probs, critic values, the KL penalty in the reward,
-    the per-token rewards, token masks and the mismatch-correction weights."""
+    the per-token rewards (plus the process reward, whose PRM takes its online step here),
+    token masks and the mismatch-correction weights."""
     algo = config.algorithm
     assert algo.kl is not None and algo.kl.name is not None
     temperature, micro = config.rollout.temperature, config.train.micro_batch_size
@@ -511,6 +527,11 @@ def prepare(
         batch.token_rewards = outcome_token_rewards(batch)
         if kl_in_reward and kl_tokens is not None:
             batch.token_rewards = batch.token_rewards - state.kl_coef * kl_tokens
+        if prm is not None:
+            assert reference is not None
+            dense, found = process_token_rewards(prm, reference, batch, config)
+            batch.token_rewards = batch.token_rewards + dense
+            metrics |= found
     if critic is not None:
         batch.values = critic_values(critic, batch, micro) * mask
     if algo.token_masks:
