@@ -35,7 +35,7 @@ from rewardlab.algorithms.controllers import (
 )
 from rewardlab.batch import RolloutBatch, concat_batches
 from rewardlab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from rewardlab.config import RunConfig, load_config
+from rewardlab.config import RunConfig
 from rewardlab.data.prompts import PromptSource, Row, prompt_source
 from rewardlab.errors import RewardlabError
 from rewardlab.models.loading import export_model, load_policy
@@ -52,9 +52,9 @@ from rewardlab.rewards.pipeline import is_plain, shape_rewards
 from rewardlab.rollout.hf import SamplingParams, decode_completions, generate
 from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
-    CONFIG_FILE,
     FINAL_MODEL,
     StepCallback,
+    check_resume_settings,
     log_metrics,
     make_optimizer,
     make_run_dir,
@@ -243,38 +243,13 @@ def restore_state(
 
 # Keys a resumed run may change without changing the training trajectory: where it lives, how
 # long it runs, and how often it evaluates, checkpoints and logs.
-_RESUME_MAY_CHANGE = ("run_dir", "train.steps", "eval.every", "checkpoint.", "logging.")
+_RESUME_MAY_CHANGE = ("run_dir", "eval.every", "checkpoint.", "logging.")
 
 
 def check_resumable(config: RunConfig, run_dir: Path) -> None:
     """Refuse to resume with settings that change training (the result would not be the run
     that was interrupted); a longer ``train.steps`` is allowed, to extend a run."""
-    saved = _flatten(load_config(RunConfig, run_dir / CONFIG_FILE).model_dump(mode="json"))
-    given = _flatten(config.model_dump(mode="json"))
-    changed = sorted(
-        k for k in saved.keys() | given.keys()
-        if saved.get(k) != given.get(k) and not k.startswith(_RESUME_MAY_CHANGE)
-    )
-    decaying = saved.get("train.optim.schedule") != "constant"
-    if decaying and saved.get("train.steps") != given.get("train.steps"):
-        changed.append("train.steps")  # a decaying learning rate depends on the run's length
-    if changed:
-        shown = ", ".join(f"{k} ({saved.get(k)!r} -> {given.get(k)!r})" for k in changed[:4])
-        raise RewardlabError(
-            f"--resume {run_dir}: the config differs from the run's own {CONFIG_FILE} in {shown}; "
-            "resume with the run's own settings (no CONFIG argument and no --set of these keys; "
-            "train.steps with a constant learning rate, eval.every, checkpoint.* and logging.* "
-            "may change)"
-        )
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out |= _flatten(value, f"{prefix}{key}.")
-        return out
-    return {prefix.rstrip("."): tree}
+    check_resume_settings(RunConfig, config, run_dir, may_change=_RESUME_MAY_CHANGE, length_keys=("train.steps",))
 
 
 def optimizer_steps(config: RunConfig) -> int:
