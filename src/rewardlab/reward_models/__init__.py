@@ -23,6 +23,8 @@ _WHERE = {
     "load_scorer": "ensemble",
     "preference_strength": "ensemble",
     "bradley_terry": "losses",
+    "apply_strength": "strength",
+    "prepare_strength": "strength",
     "RewardModel": "model",
     "load_reward_model": "model",
     "RewardModelResult": "trainer",
@@ -38,6 +40,7 @@ __all__ = [
     "RewardModelConfig",
     "RewardModelResult",
     "aggregate",
+    "apply_strength",
     "bradley_terry",
     "evaluate_pairs",
     "evaluate_saved",
@@ -45,6 +48,7 @@ __all__ = [
     "load_scorer",
     "pairwise_metrics",
     "preference_strength",
+    "prepare_strength",
     "train_reward_model",
 ]
 

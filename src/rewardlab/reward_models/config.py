@@ -89,6 +89,40 @@ class RewardEnsembleConfig(Section):
     )
 
 
+class RewardStrengthConfig(Section):
+    """Preference-strength pair handling of "Secrets of RLHF in Large Language Models Part II:
+    Reward Modeling" (Wang et al., arXiv 2401.06080), applied to the training pairs before
+    training (see :func:`rewardlab.reward_models.strength.apply_strength`).
+
+    The strength of a pair is ``mean_k (r_k(chosen) - r_k(rejected))`` over the members of the
+    reward model or ensemble at ``ensemble`` (a single model: its reward difference). Off when
+    ``ensemble`` is null; each treatment is off when its knob is null.
+
+    * ``flip_below``: swap chosen and rejected of pairs whose strength is below this (negative)
+      threshold: the ensemble strongly contradicts their label;
+    * ``smooth_ambiguous``: label smoothing eps for pairs with ``|strength| < ambiguous_below``
+      (``-(1-eps) log sigmoid(d - m) - eps log sigmoid(-(d - m))``);
+    * ``adaptive_margin``: coefficient gamma of the margin ``m = gamma * strength`` inside the
+      sigmoid (the paper's form; added to the pair's data margin when ``loss.use_margin``);
+      ``margin_min`` clamps it from below (0: contradicted pairs get no negative margin).
+    """
+
+    ensemble: str | None = Field(None, description="a reward model / ensemble folder or rm train run")
+    flip_below: float | None = Field(None, lt=0.0, description="flip pairs with strength below this")
+    smooth_ambiguous: float | None = Field(None, gt=0.0, lt=0.5, description="label smoothing eps")
+    ambiguous_below: float = Field(0.5, gt=0.0, description="|strength| below this is ambiguous")
+    adaptive_margin: float | None = Field(None, gt=0.0, description="gamma: margin = gamma * strength")
+    margin_min: float | None = Field(None, description="clamp the adaptive margin from below; null = off")
+    batch_size: int = Field(64, ge=1, description="texts per scoring forward pass")
+
+    @model_validator(mode="after")
+    def _needs_ensemble(self) -> RewardStrengthConfig:
+        used = [k for k in ("flip_below", "smooth_ambiguous", "adaptive_margin") if getattr(self, k) is not None]
+        if used and self.ensemble is None:
+            raise ValueError(f"strength.{used[0]} needs strength.ensemble (the model scoring the pairs)")
+        return self
+
+
 class RewardModelConfig(Section):
     """A reward-model run: pairs ``prompt`` / ``chosen`` / ``rejected`` (plus an optional
     margin column) from a file, or built from a task (chosen = the right answer)."""
@@ -101,5 +135,6 @@ class RewardModelConfig(Section):
     train: RewardTrainConfig = Field(default_factory=RewardTrainConfig)
     eval: RewardEvalConfig = Field(default_factory=RewardEvalConfig)
     ensemble: RewardEnsembleConfig = Field(default_factory=RewardEnsembleConfig)
+    strength: RewardStrengthConfig = Field(default_factory=RewardStrengthConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 

@@ -18,12 +18,16 @@ from rewardlab.errors import ConfigError, DataError
 
 @dataclass(frozen=True)
 class RewardPair:
-    """A preference pair; ``margin`` is the row's margin column (None when it has none)."""
+    """A preference pair; ``margin`` is the row's margin column (None when it has none).
+    ``smoothing`` (label smoothing eps) and ``strength_margin`` (an adaptive margin added to
+    the loss's margin) are set by :func:`rewardlab.reward_models.strength.apply_strength`."""
 
     prompt: str
     chosen: str
     rejected: str
     margin: float | None = None
+    smoothing: float = 0.0
+    strength_margin: float = 0.0
 
 
 @dataclass

@@ -35,6 +35,7 @@ from rewardlab.reward_models.data import RewardPair, heldout_reward_pairs, train
 from rewardlab.reward_models.ensemble import Ensemble, check_aggregation, evaluate_members
 from rewardlab.reward_models.evaluate import RewardEval, evaluate_pairs
 from rewardlab.reward_models.model import RewardModel, load_reward_model
+from rewardlab.reward_models.strength import prepare_strength
 from rewardlab.reward_models.trainer import (
     EVAL_FILE,
     PairScorer,
@@ -76,8 +77,9 @@ def train_ensemble(
         config.data, ensemble.tokenizer, config.seed, margin_column, require_margin=config.loss.use_margin
     )
     held = heldout_reward_pairs(config.data, ensemble.tokenizer, config.seed, margin_column)
+    data.pairs, strength = prepare_strength(data.pairs, config.strength)
     sinks = open_sinks(config, run_dir)
-    result = RewardModelResult(run_dir, skipped_rows=data.skipped)
+    result = RewardModelResult(run_dir, skipped_rows=data.skipped, strength=strength)
     budget = config.train.max_seconds / spec.members if config.train.max_seconds else None
 
     def evaluate(step: int) -> RewardEval:
@@ -85,7 +87,7 @@ def train_ensemble(
             ensemble, held, batch_size=config.eval.batch_size,
             bins=config.eval.calibration_bins, buckets=config.eval.buckets,
         )
-        log_metrics(sinks, step, found.metrics, None)
+        log_metrics(sinks, step, found.metrics | (strength if step == 0 else {}), None)
         return found
 
     if on_start:
@@ -110,7 +112,7 @@ def train_ensemble(
     finally:
         close_all(sinks)
     ensemble.save(run_dir / FINAL_MODEL)
-    write_eval(run_dir / EVAL_FILE, last)
+    write_eval(run_dir / EVAL_FILE, last, strength)
     write_report(run_dir)
     return result
 

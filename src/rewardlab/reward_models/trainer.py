@@ -3,7 +3,10 @@
 Each optimizer step takes ``train.batch_size`` shuffled pairs, scores both sides of
 ``train.micro_batch_size`` pairs per forward pass (chosen and rejected in one batch), and
 accumulates the per-pair loss summed and divided by the batch's pair count, so micro-batching
-does not change the gradient. Held-out pairs are evaluated before training, every
+does not change the gradient. With a ``strength:`` section the training pairs are first
+flipped / smoothed / given adaptive margins by their preference strength
+(:mod:`rewardlab.reward_models.strength`); the counts are logged at step 0 and kept in
+``eval.json``. Held-out pairs are evaluated before training, every
 ``eval.every`` steps and at the end; the model is saved in ``final/``.
 """
 
@@ -24,6 +27,7 @@ from rewardlab.reward_models.data import RewardPair, heldout_reward_pairs, train
 from rewardlab.reward_models.evaluate import RewardEval, evaluate_pairs
 from rewardlab.reward_models.losses import bradley_terry
 from rewardlab.reward_models.model import RewardModel, load_reward_model
+from rewardlab.reward_models.strength import prepare_strength
 from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
@@ -49,6 +53,7 @@ class RewardModelResult:
     first_eval: dict[str, float] = field(default_factory=dict)
     last_eval: dict[str, float] = field(default_factory=dict)
     skipped_rows: int = 0
+    strength: dict[str, float] = field(default_factory=dict)
 
 
 def train_reward_model(
@@ -73,15 +78,16 @@ def train_reward_model(
         config.data, model.tokenizer, config.seed, margin_column, require_margin=config.loss.use_margin
     )
     held = heldout_reward_pairs(config.data, model.tokenizer, config.seed, margin_column)
+    data.pairs, strength = prepare_strength(data.pairs, config.strength)
     sinks = open_sinks(config, run_dir)
-    result = RewardModelResult(run_dir, skipped_rows=data.skipped)
+    result = RewardModelResult(run_dir, skipped_rows=data.skipped, strength=strength)
 
     def evaluate(step: int) -> RewardEval:
         found = evaluate_pairs(
             model, held, batch_size=config.eval.batch_size,
             bins=config.eval.calibration_bins, buckets=config.eval.buckets,
         )
-        log_metrics(sinks, step, found.metrics, None)
+        log_metrics(sinks, step, found.metrics | (strength if step == 0 else {}), None)
         return found
 
     if on_start:
@@ -103,7 +109,7 @@ def train_reward_model(
     finally:
         close_all(sinks)
     model.save(run_dir / FINAL_MODEL)
-    write_eval(run_dir / EVAL_FILE, last)
+    write_eval(run_dir / EVAL_FILE, last, strength)
     write_report(run_dir)
     return result
 
@@ -196,7 +202,13 @@ def pair_loss_step(scorer: PairScorer, batch: list[RewardPair], config: RewardMo
         margin = None
         if config.loss.use_margin:
             margin = torch.tensor([p.margin for p in part], dtype=chosen.dtype)
-        per_pair = bradley_terry(chosen, rejected, margin, config.loss.center_coef)
+        if any(p.strength_margin for p in part):  # the adaptive margin of strength.adaptive_margin
+            adaptive = torch.tensor([p.strength_margin for p in part], dtype=chosen.dtype)
+            margin = adaptive if margin is None else margin + adaptive
+        smoothing: float | torch.Tensor = 0.0
+        if any(p.smoothing for p in part):  # strength.smooth_ambiguous
+            smoothing = torch.tensor([p.smoothing for p in part], dtype=chosen.dtype)
+        per_pair = bradley_terry(chosen, rejected, margin, config.loss.center_coef, smoothing)
         loss = per_pair.sum() / total
         loss.backward()
         gap = (chosen - rejected).detach()
@@ -209,15 +221,18 @@ def pair_loss_step(scorer: PairScorer, batch: list[RewardPair], config: RewardMo
     return dict(sums)
 
 
-def write_eval(path: Path, found: RewardEval) -> None:
-    """The evaluation as JSON (metrics and buckets), written atomically."""
+def write_eval(path: Path, found: RewardEval, strength: dict[str, float] | None = None) -> None:
+    """The evaluation as JSON (metrics and buckets, and the ``strength`` counts of the
+    training pairs when preference strength was applied), written atomically."""
     import json
 
-    payload = {
+    payload: dict[str, Any] = {
         "metrics": found.metrics,
         "bucket_by": found.bucket_by,
         "buckets": [vars(b) for b in found.buckets],
     }
+    if strength:
+        payload["strength"] = strength
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.replace(path)
