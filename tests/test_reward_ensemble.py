@@ -199,8 +199,10 @@ def test_reward_model_source_in_a_short_rl_run(seeds_run: tuple[Any, Any], tmp_p
            "rewards": [{"name": "reward_model", "args": {"path": str(result.run_dir), "aggregation": "min"}}]},
     )
     run = train(config)
-    rewards = [r["reward"] for r in _train_metrics(run.run_dir) if "reward" in r]
-    assert len(rewards) == 2 and all(math.isfinite(r) for r in rewards)
+    steps = [r for r in _train_metrics(run.run_dir) if "reward" in r]
+    assert len(steps) == 2 and all(math.isfinite(r["reward"]) for r in steps)
+    # the ensemble's disagreement on each step's completions is logged with the reward
+    assert all(r["reward/reward_model/disagreement"] > 0 for r in steps)
 
 
 def test_reward_model_source_errors_name_the_arg(tmp_path: Path, seeds_run: tuple[Any, Any]) -> None:

@@ -28,8 +28,8 @@ class RewardModelReward:
     reward model (its own score) or ensemble (its members' rewards, aggregated).
 
     ``last_disagreement`` holds the ensemble's per-row std across members from the latest
-    call (None for a single model): the reward sources' metrics only log failure counts, so
-    the disagreement is kept here for callers that want it."""
+    call (None for a single model); ``drain_metrics`` gives the mean over every row scored
+    since it was last called (the trainers log it as ``reward/<name>/disagreement``)."""
 
     def __init__(self, folder: Path, aggregation: str | None, params: Mapping[str, Any], batch_size: int) -> None:
         self.folder = folder
@@ -37,7 +37,18 @@ class RewardModelReward:
         self.params = dict(params)
         self.batch_size = batch_size
         self.last_disagreement: list[float] | None = None
+        self._disagreement_sum = 0.0
+        self._disagreement_rows = 0
         self._scorer: Any = None
+
+    def drain_metrics(self) -> dict[str, float]:
+        """The ensemble's mean disagreement (std across members) over the rows scored since
+        the last call; nothing for a single model or when nothing was scored."""
+        if not self._disagreement_rows:
+            return {}
+        mean = self._disagreement_sum / self._disagreement_rows
+        self._disagreement_sum, self._disagreement_rows = 0.0, 0
+        return {"disagreement": mean}
 
     def scorer(self) -> Any:
         """The loaded model or ensemble (loaded on first use, then kept)."""
@@ -55,6 +66,8 @@ class RewardModelReward:
             return scorer.score(prompts, completions, self.batch_size)
         rewards = scorer.member_rewards(prompts, completions, self.batch_size)
         self.last_disagreement = rewards.std(0, unbiased=False).tolist()
+        self._disagreement_sum += sum(self.last_disagreement)
+        self._disagreement_rows += len(self.last_disagreement)
         name = self.aggregation or scorer.aggregation
         params = self.params if self.aggregation or self.params else scorer.params
         return aggregate(rewards, name, params).tolist()

@@ -24,7 +24,12 @@ from rewardlab.rewards.preference_fn import (
     group_win_matrix,
     win_rates,
 )
-from rewardlab.rewards.scoring import drain_failure_counts, score_completions, score_rows
+from rewardlab.rewards.scoring import (
+    drain_failure_counts,
+    drain_source_metrics,
+    score_completions,
+    score_rows,
+)
 
 __all__ = [
     "REWARD_FACTORIES",
@@ -35,6 +40,7 @@ __all__ = [
     "build_reward_sources",
     "combine_rewards",
     "drain_failure_counts",
+    "drain_source_metrics",
     "group_win_matrix",
     "reward_metrics",
     "score_completions",

@@ -169,6 +169,18 @@ def drain_failure_counts(sources: Sequence[RewardSource]) -> dict[str, float]:
     return out
 
 
+def drain_source_metrics(sources: Sequence[RewardSource]) -> dict[str, float]:
+    """``reward/<name>/<key>`` values a reward reports about its own scoring since the last
+    call (a reward exposes them with a ``drain_metrics()`` method; e.g. a reward-model
+    ensemble's disagreement)."""
+    out: dict[str, float] = {}
+    for source in sources:
+        drain = getattr(source.fn, "drain_metrics", None)
+        if callable(drain):
+            out |= {f"reward/{source.name}/{key}": float(value) for key, value in drain().items()}
+    return out
+
+
 def score_rows(
     sources: Sequence[RewardSource],
     rows: Sequence[Mapping[str, Any]],

@@ -45,6 +45,7 @@ from rewardlab.rewards import (
     build_reward_sources,
     combine_rewards,
     drain_failure_counts,
+    drain_source_metrics,
     reward_metrics,
     score_rows,
 )
@@ -356,6 +357,7 @@ def collect(
     seen_completions: list[str] = []
     groups = 0
     drain_failure_counts(sources)  # what evaluation left in the counters is not this step's
+    drain_source_metrics(sources)
     for r in range(rounds):
         rows = prompts.rows_from(state.prompt_cursor, n_prompts)
         state.prompt_cursor += n_prompts
@@ -400,7 +402,7 @@ def collect(
     batch = concat_batches(kept, tokenizer.pad_token_id)
     transformed = every.rewards
     every.rewards = torch.cat(raw_rewards)  # the metrics report the rewards as scored
-    metrics = rollout_metrics(every, every.scores, config) | drain_failure_counts(sources)
+    metrics = rollout_metrics(every, every.scores, config) | drain_failure_counts(sources) | drain_source_metrics(sources)
     if algo.reward_transforms and transformed is not None:
         metrics["reward/transformed"] = float(transformed.mean())
     if shaped_metrics:  # per-source shaping: the mean over this step's rounds

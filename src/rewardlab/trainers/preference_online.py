@@ -49,6 +49,7 @@ from rewardlab.rewards import (
     build_reward_sources,
     combine_rewards,
     drain_failure_counts,
+    drain_source_metrics,
     score_rows,
 )
 from rewardlab.rewards.preference_fn import (
@@ -244,7 +245,7 @@ def collect(ctx: Context, step: int) -> Iteration:
     drain_failure_counts(ctx.sources)
     scores = score_rows(ctx.sources, rows, completions, n)
     rewards = combine_rewards(scores, {s.name: s.weight for s in ctx.sources})
-    metrics = {"reward": float(rewards.mean())} | drain_failure_counts(ctx.sources)
+    metrics = {"reward": float(rewards.mean())} | drain_failure_counts(ctx.sources) | drain_source_metrics(ctx.sources)
     if online.method == "nash_md":
         built = _nash_md(ctx, rows, completions)
     elif online.method == "sppo":
