@@ -242,7 +242,8 @@ def collect(ctx: Context, step: int) -> Iteration:
     rows = ctx.prompts.rows_from((step - 1) * online.prompts_per_step, online.prompts_per_step)
     n = online.num_generations
     completions = _sample(ctx, ctx.policy, rows, n)
-    drain_failure_counts(ctx.sources)
+    drain_failure_counts(ctx.sources)  # what evaluation and the judge left is not this step's
+    drain_source_metrics(ctx.sources)
     scores = score_rows(ctx.sources, rows, completions, n)
     rewards = combine_rewards(scores, {s.name: s.weight for s in ctx.sources})
     metrics = {"reward": float(rewards.mean())} | drain_failure_counts(ctx.sources) | drain_source_metrics(ctx.sources)
