@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from rewardlab.errors import RewardlabError
+from rewardlab.errors import RewardlabError, StopRequested
 
 app = typer.Typer(
     add_completion=False,
@@ -71,7 +73,7 @@ def train(
     cfg = load_config(RunConfig, config, set_)
     from rewardlab.tracking.progress import ProgressView
 
-    with ProgressView(cfg.algorithm.recipe.upper(), err_console) as view:
+    with _interruptible(), ProgressView(cfg.algorithm.recipe.upper(), err_console) as view:
         result = run_train(cfg, resume=resume, on_start=view.start, on_step=view.step)
     _print_skipped(result.skipped_rows)
     _print_eval("before", result.first_eval)
@@ -100,7 +102,7 @@ def _train_preference(config: Path | None, set_: list[str] | None, resume: Path 
         from rewardlab.trainers.preference_online import train_online_preference
 
         title, run = f"{cfg.preference.online.method.upper()} ({title})", train_online_preference
-    with ProgressView(title, err_console) as view:
+    with _interruptible(), ProgressView(title, err_console) as view:
         result = run(cfg, resume=resume, on_start=view.start, on_step=view.step)
     _print_skipped(result.skipped_rows)
     _print_eval("before", result.first_eval)
@@ -268,6 +270,18 @@ def _print_eval(label: str, metrics: dict[str, Any]) -> None:
     console.print(f"[bold]{label}[/bold]: {shown}")
 
 
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """Typer turns a KeyboardInterrupt into a bare exit 130; say what it means for the run.
+    (A first SIGINT / SIGTERM stops a training run cleanly with a checkpoint; this is the
+    second one, which stops it at once.)"""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err_console.print("interrupted; resume a train run with --resume RUN_DIR")
+        raise typer.Exit(130) from None
+
+
 def main() -> None:
     """Entry point: user errors become one message, not a traceback."""
     try:
@@ -276,6 +290,9 @@ def main() -> None:
         # The message is plain text: brackets in it (rewardlab[tracking]) are not markup.
         err_console.print(Text("error: ", style="bold red") + Text(str(e)), highlight=False)
         sys.exit(2)
+    except StopRequested as e:
+        err_console.print(str(e))
+        sys.exit(130)
     except KeyboardInterrupt:
         err_console.print("interrupted; resume a train run with --resume RUN_DIR")
         sys.exit(130)

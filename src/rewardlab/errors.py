@@ -29,3 +29,13 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean 'x'?)' for the closest valid choice, or '' when none is close."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class StopRequested(Exception):
+    """A run stopped on SIGINT / SIGTERM after writing a checkpoint at ``step`` (not a user
+    mistake: the CLI exits with 130, as for an interrupt)."""
+
+    def __init__(self, run_dir: object, step: int) -> None:
+        super().__init__(f"stopped at step {step}; checkpoint written; resume with --resume {run_dir}")
+        self.run_dir = run_dir
+        self.step = step

@@ -93,6 +93,13 @@ def prime_advantages(
     baseline from the other samples' mean token reward, return-to-go of the process part) is
     from recall of PRIME (arXiv 2502.01456, eq. 5); the digests confirm only "RLOO-style,
     outcome + dense". Groups of one sample get no baselines.
+
+    Checked against verl's PRIME recipe (``recipe/prime/prime_core_algos.py``): the outcome
+    part is the same leave-one-out RLOO, and so is the process baseline (the other samples'
+    mean token reward); verl additionally scales each token reward by K/(K-1) before
+    subtracting it (i.e. ``r_s - mean_{j != i} + (r_s - mean_i)/(K-1)``) and whitens the
+    advantages over the batch. Here the plain leave-one-out form is kept; whitening belongs
+    to the advantage axis, not to this function.
     """
     m = mask.float()
     dense = process_rewards.float() * m

@@ -199,3 +199,38 @@ def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:
             out |= flatten_config(value, f"{prefix}{key}.")
         return out
     return {prefix.rstrip("."): tree}
+
+
+class GracefulStop:
+    """Between ``start()`` and ``close()``, the first SIGINT or SIGTERM only sets
+    ``requested``, so the training loop can finish its step, write a checkpoint and stop
+    (raising ``StopRequested``); a second signal interrupts at once (KeyboardInterrupt).
+    Outside the main thread (where Python cannot install signal handlers) it does nothing."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def start(self) -> GracefulStop:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                number = getattr(signal, name)
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def close(self) -> None:
+        import signal
+
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True

@@ -37,7 +37,7 @@ from rewardlab.batch import RolloutBatch, concat_batches
 from rewardlab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rewardlab.config import RunConfig
 from rewardlab.data.prompts import PromptSource, Row, prompt_source
-from rewardlab.errors import RewardlabError
+from rewardlab.errors import RewardlabError, StopRequested
 from rewardlab.models.loading import export_model, load_policy
 from rewardlab.registry import Entry
 from rewardlab.rewards import (
@@ -54,6 +54,7 @@ from rewardlab.rollout.hf import SamplingParams, decode_completions, generate
 from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
+    GracefulStop,
     StepCallback,
     check_resume_settings,
     log_metrics,
@@ -181,6 +182,7 @@ def train(
     steps = config.train.steps
     if on_start:
         on_start(start, steps)
+    stop = GracefulStop().start()  # SIGINT / SIGTERM: finish the step, checkpoint, stop
     try:
         if start == 0:
             result.first_eval = run_eval(policy, tokenizer, prompts, sources, config, run_dir, 0)
@@ -203,7 +205,8 @@ def train(
                 metrics |= ev | {"time/eval": time.perf_counter() - t2}
                 result.last_eval = ev
             log_metrics(sinks, step, metrics, on_step)
-            if _due(step, config.checkpoint.every, steps):
+            due = _due(step, config.checkpoint.every, steps)
+            if due or stop.requested:
                 extra: dict[str, Any] = {
                     "algorithm": state.to_dict(),
                     "reward_sources": reward_source_states(sources),
@@ -213,7 +216,10 @@ def train(
                 if prm is not None:
                     extra["process_reward"] = prm.state_dict()
                 save_checkpoint(run_dir, policy, optimizer, scheduler, step, extra, config.checkpoint.keep)
+            if stop.requested:
+                raise StopRequested(run_dir, step)
     finally:
+        stop.close()
         close_all(sinks)
     if steps == 0 or start >= steps:
         result.last_eval = result.first_eval

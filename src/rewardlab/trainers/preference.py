@@ -30,6 +30,7 @@ from rewardlab.checkpoint import latest_checkpoint, load_checkpoint, save_checkp
 from rewardlab.config import PreferenceConfig
 from rewardlab.data.preferences import Pair, heldout_examples, load_preference_data
 from rewardlab.data.prompts import prompt_source
+from rewardlab.errors import StopRequested
 from rewardlab.models.loading import export_model, load_policy
 from rewardlab.models.logprobs import batch_logprobs, forward_completion_logits, token_logprobs
 from rewardlab.rewards import build_reward_sources
@@ -37,6 +38,7 @@ from rewardlab.rollout.hf import SamplingParams, generate
 from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
+    GracefulStop,
     StepCallback,
     check_resume_settings,
     clip_and_step,
@@ -151,6 +153,7 @@ def train_preference(
     # of the epochs it has done and skips their finished batches.
     order_rng = random.Random(config.seed)
     step = 0
+    stop = GracefulStop().start()  # SIGINT / SIGTERM: finish the step, checkpoint, stop
     try:
         if start == 0:
             result.first_eval = evaluator(policy, 0)
@@ -174,8 +177,10 @@ def train_preference(
                 if config.eval.every and step % config.eval.every == 0:
                     metrics |= evaluator(policy, step)
                 log_metrics(sinks, step, metrics, on_step)
-                if due(step, config.checkpoint.every, total):
+                if due(step, config.checkpoint.every, total) or stop.requested:
                     save_checkpoint(run_dir, policy, optimizer, scheduler, step, {}, config.checkpoint.keep)
+                if stop.requested:
+                    raise StopRequested(run_dir, step)
                 if out_of_time(started, config.train.max_seconds):
                     break
             if out_of_time(started, config.train.max_seconds):
@@ -185,6 +190,7 @@ def train_preference(
         result.last_eval = evaluator(policy, step)
         log_metrics(sinks, step, result.last_eval, None)
     finally:
+        stop.close()
         close_all(sinks)
     export_model(policy, tokenizer, run_dir / FINAL_MODEL)
     write_report(run_dir)

@@ -44,6 +44,7 @@ from rewardlab.checkpoint import save_checkpoint
 from rewardlab.config import PER_COMPLETION_METHODS, PreferenceConfig
 from rewardlab.data.preferences import Pair, Unpaired, heldout_examples
 from rewardlab.data.prompts import Row, prompt_source
+from rewardlab.errors import StopRequested
 from rewardlab.models.loading import export_model, load_policy
 from rewardlab.rewards import (
     build_reward_sources,
@@ -63,6 +64,7 @@ from rewardlab.rollout.mixture import generate_mixture
 from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
+    GracefulStop,
     StepCallback,
     clip_and_step,
     log_metrics,
@@ -166,6 +168,7 @@ def train_online_preference(
     result = PreferenceResult(run_dir, steps=start)
     if on_start:
         on_start(start, online.steps)
+    stop = GracefulStop().start()  # SIGINT / SIGTERM: finish the iteration, checkpoint, stop
     try:
         if start == 0:
             result.first_eval = evaluator(policy, 0)
@@ -181,14 +184,17 @@ def train_online_preference(
                 metrics |= evaluator(policy, step)
             log_metrics(sinks, step, metrics, on_step)
             result.steps = step
-            if due(step, config.checkpoint.every, online.steps):
+            if due(step, config.checkpoint.every, online.steps) or stop.requested:
                 save_checkpoint(run_dir, policy, optimizer, scheduler, step, {}, config.checkpoint.keep)
+            if stop.requested:
+                raise StopRequested(run_dir, step)
             if out_of_time(started, config.train.max_seconds):
                 break
         result.seconds = time.perf_counter() - started
         result.last_eval = evaluator(policy, result.steps)
         log_metrics(sinks, result.steps, result.last_eval, None)
     finally:
+        stop.close()
         close_all(sinks)
     export_model(policy, tokenizer, run_dir / FINAL_MODEL)
     write_report(run_dir)

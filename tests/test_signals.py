@@ -1,0 +1,112 @@
+"""SIGINT / SIGTERM: the run finishes its step, writes a checkpoint and exits (status 130);
+a second signal exits at once. The stopped run resumes to the same metrics as a run that was
+never stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from test_trainers import _rl_config
+
+from rewardlab.checkpoint import list_checkpoints
+from rewardlab.tracking import read_metrics
+from rewardlab.trainers.online import train
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(autouse=True)
+def _user_rewards_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(TESTS))
+
+
+def _start(config_path: Path) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(TESTS), COLUMNS="200", OMP_NUM_THREADS="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "rewardlab.cli", "train", str(config_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+
+
+def _wait_for_steps(run_dir: Path, steps: int, process: subprocess.Popen[str], timeout: float = 300) -> None:
+    """Until metrics.jsonl has ``steps`` training lines (or the process ended)."""
+    deadline = time.monotonic() + timeout
+    metrics = run_dir / "metrics.jsonl"
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.is_file() and sum('"reward"' in line for line in metrics.read_text().splitlines()) >= steps:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the run did not reach step {steps}: {process.poll()=}")
+
+
+def _config_file(tmp_path: Path, run_dir: Path, **overrides: Any) -> Path:
+    config = _rl_config(run_dir, **{"train.steps": 40, "checkpoint.every": 0, **overrides})
+    path = tmp_path / f"{run_dir.name}.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    return path
+
+
+def _train_lines(run_dir: Path) -> list[dict[str, Any]]:
+    return [
+        {k: v for k, v in r.items() if not k.startswith("time/")}
+        for r in read_metrics(run_dir / "metrics.jsonl")
+    ]
+
+
+def test_sigterm_checkpoints_then_exits_and_the_run_resumes_exactly(tmp_path: Path) -> None:
+    run_dir = tmp_path / "stopped"
+    process = _start(_config_file(tmp_path, run_dir))
+    _wait_for_steps(run_dir, 3, process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err[-2000:]
+    assert "checkpoint written; resume with --resume" in " ".join(err.split())
+    (checkpoint,) = list_checkpoints(run_dir)  # only the one the signal asked for
+    stopped_at = int(checkpoint.name.split("-")[1])
+    assert 3 <= stopped_at < 40
+
+    config = _rl_config(run_dir, **{"train.steps": 40, "checkpoint.every": 0})
+    resumed = train(config, resume=run_dir)
+    straight = train(_rl_config(tmp_path / "straight", **{"train.steps": 40, "checkpoint.every": 0}))
+    assert _train_lines(resumed.run_dir) == _train_lines(straight.run_dir)
+
+
+def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
+    run_dir = tmp_path / "twice"
+    process = _start(_config_file(tmp_path, run_dir, **{"train.steps": 400}))
+    _wait_for_steps(run_dir, 2, process)
+    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGINT)  # a different signal, so the two are not merged
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "interrupted" in err
+
+
+def test_a_preference_run_stops_on_sigterm_with_a_checkpoint(tmp_path: Path, warm_start: Path) -> None:
+    from preference_setup import preference_config
+
+    from rewardlab.errors import StopRequested
+    from rewardlab.trainers.preference import train_preference
+
+    def signal_at_step_2(step: int, metrics: dict[str, float]) -> None:
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled after the step: checkpoint, then stop
+
+    settings = {"model.name": str(warm_start), "train.epochs": 1, "checkpoint.every": 0}
+    config = preference_config(tmp_path / "stopped", **settings)
+    with pytest.raises(StopRequested, match="stopped at step 2; checkpoint written"):
+        train_preference(config, on_step=signal_at_step_2)
+    folder = Path(config.run_dir or "")
+    assert [p.name for p in list_checkpoints(folder)] == ["step-000002"]
+    resumed = train_preference(config, resume=folder)
+    straight = train_preference(preference_config(tmp_path / "straight", **settings))
+    assert list(read_metrics(resumed.run_dir / "metrics.jsonl")) == list(read_metrics(straight.run_dir / "metrics.jsonl"))
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
