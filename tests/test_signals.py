@@ -110,3 +110,47 @@ def test_a_preference_run_stops_on_sigterm_with_a_checkpoint(tmp_path: Path, war
     straight = train_preference(preference_config(tmp_path / "straight", **settings))
     assert list(read_metrics(resumed.run_dir / "metrics.jsonl")) == list(read_metrics(straight.run_dir / "metrics.jsonl"))
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
+
+
+# --------------------------------------------------------------------------- non-finite steps
+
+
+def _poisoned_after(step_from: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From optimizer call ``step_from`` on, every RL micro-batch loss is NaN."""
+    from rewardlab.trainers import learner
+
+    calls: list[int] = []
+    original = learner.micro_batch_loss
+
+    def poisoned(*args: Any, **kwargs: Any) -> Any:
+        loss, stats = original(*args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan"), stats) if len(calls) >= step_from else (loss, stats)
+
+    monkeypatch.setattr(learner, "micro_batch_loss", poisoned)
+    return calls
+
+
+def test_nan_steps_are_skipped_then_the_run_stops_naming_the_causes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from rewardlab.errors import RewardlabError
+
+    _poisoned_after(3, monkeypatch)  # steps 1-2 are good, then every loss is NaN
+    config = _rl_config(tmp_path / "run", **{"train.steps": 12, "checkpoint.every": 2, "train.optim.max_bad_steps": 3})
+    with pytest.raises(RewardlabError, match=r"3 steps in a row \(the last: step 5\) had a NaN .*\(train\.optim\.lr\)"):
+        train(config)
+    lines = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert [r.get("skipped_nonfinite", 0.0) for r in lines] == [0.0, 0.0, 1.0, 1.0]  # step 5 raised before logging
+    # the weights saved at step 4 are those of step 2: the NaN steps changed nothing
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "run" / "checkpoints"
+    two = torch.load(folder / "step-000002" / "trainer.pt", weights_only=True)
+    four = torch.load(folder / "step-000004" / "trainer.pt", weights_only=True)
+    a = load_file(str(folder / "step-000002" / "weights.safetensors"))
+    b = load_file(str(folder / "step-000004" / "weights.safetensors"))
+    assert all(torch.equal(a[k], b[k]) and torch.isfinite(b[k]).all() for k in a)
+    assert two["step"] == 2 and four["step"] == 4

@@ -336,6 +336,9 @@ class OptimConfig(Section):
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float | None = Field(1.0, gt=0.0)
     betas: tuple[float, float] = (0.9, 0.99)
+    max_bad_steps: int = Field(
+        5, ge=1, description="stop after this many optimizer steps in a row with a NaN/inf loss or gradient (each is skipped)"
+    )
 
 
 class TrainConfig(Section):

@@ -146,13 +146,42 @@ def clip_and_step(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     max_grad_norm: float | None,
 ) -> float:
-    """Clip gradients, take an optimizer step, advance the schedule; returns the grad norm."""
+    """Clip gradients, take an optimizer step, advance the schedule; returns the grad norm.
+    A NaN or infinite gradient skips the optimizer step (it would poison the weights and the
+    optimizer's moments) and returns NaN; the schedule still advances, so it stays aligned
+    with the step count. ``BadSteps`` decides when too many skips in a row end the run."""
     params = [p for p in model.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
-    optimizer.step()
+    if torch.isfinite(norm):
+        optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(norm)
+    return float(norm) if torch.isfinite(norm) else float("nan")
+
+
+class BadSteps:
+    """Counts optimizer steps in a row whose gradient was NaN or infinite (skipped by
+    ``clip_and_step``); at ``limit`` the run stops with a message naming the likely causes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_a_row = 0
+
+    def observe(self, grad_norm: float, step: int) -> dict[str, float]:
+        """The step's ``skipped_nonfinite`` metric (nothing for a good step)."""
+        if math.isfinite(grad_norm):
+            self.in_a_row = 0
+            return {}
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            raise RewardlabError(
+                f"{self.in_a_row} steps in a row (the last: step {step}) had a NaN or infinite loss "
+                "or gradient and were skipped; likely causes: a learning rate too high for this "
+                "model (train.optim.lr), rewards or advantages with huge or non-finite values, or "
+                "bfloat16 overflow (model.dtype); the checkpoints written before are intact "
+                "(train.optim.max_bad_steps sets how many bad steps are tolerated)"
+            )
+        return {"skipped_nonfinite": 1.0}
 
 
 def out_of_time(started: float, limit: float | None) -> bool:

@@ -54,6 +54,7 @@ from rewardlab.rollout.hf import SamplingParams, decode_completions, generate
 from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
+    BadSteps,
     GracefulStop,
     StepCallback,
     check_resume_settings,
@@ -183,6 +184,7 @@ def train(
     if on_start:
         on_start(start, steps)
     stop = GracefulStop().start()  # SIGINT / SIGTERM: finish the step, checkpoint, stop
+    bad_steps = BadSteps(config.train.optim.max_bad_steps)
     try:
         if start == 0:
             result.first_eval = run_eval(policy, tokenizer, prompts, sources, config, run_dir, 0)
@@ -197,6 +199,7 @@ def train(
                 metrics |= estimate_advantages(batch, config, state)
                 coefs = state.coefficients()
                 metrics |= update(policy, optimizer, scheduler, batch, config, step, coefs, critic)
+                metrics |= bad_steps.observe(metrics.get("grad_norm", 0.0), step)
                 metrics |= adapt_coefficients(state, metrics, config, batch.size)
             metrics |= {"time/rollout": t1 - t0, "time/step": time.perf_counter() - t0}
             if _due(step, config.eval.every, steps):

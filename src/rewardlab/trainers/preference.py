@@ -38,6 +38,7 @@ from rewardlab.rollout.hf import SamplingParams, generate
 from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
+    BadSteps,
     GracefulStop,
     StepCallback,
     check_resume_settings,
@@ -154,6 +155,7 @@ def train_preference(
     order_rng = random.Random(config.seed)
     step = 0
     stop = GracefulStop().start()  # SIGINT / SIGTERM: finish the step, checkpoint, stop
+    bad_steps = BadSteps(config.train.optim.max_bad_steps)
     try:
         if start == 0:
             result.first_eval = evaluator(policy, 0)
@@ -174,6 +176,7 @@ def train_preference(
                     "lr": scheduler.get_last_lr()[0],
                 }
                 step += 1
+                metrics |= bad_steps.observe(metrics["grad_norm"], step)
                 if config.eval.every and step % config.eval.every == 0:
                     metrics |= evaluator(policy, step)
                 log_metrics(sinks, step, metrics, on_step)

@@ -64,6 +64,7 @@ from rewardlab.rollout.mixture import generate_mixture
 from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
+    BadSteps,
     GracefulStop,
     StepCallback,
     clip_and_step,
@@ -169,6 +170,7 @@ def train_online_preference(
     if on_start:
         on_start(start, online.steps)
     stop = GracefulStop().start()  # SIGINT / SIGTERM: finish the iteration, checkpoint, stop
+    bad_steps = BadSteps(config.train.optim.max_bad_steps)
     try:
         if start == 0:
             result.first_eval = evaluator(policy, 0)
@@ -180,6 +182,7 @@ def train_online_preference(
             metrics = built.metrics
             if built.examples:
                 metrics |= train_iteration(ctx, built, optimizer, scheduler, random.Random(step_seed(config.seed, step)))
+                metrics |= bad_steps.observe(metrics["grad_norm"], step)
             if config.eval.every and step % config.eval.every == 0:
                 metrics |= evaluator(policy, step)
             log_metrics(sinks, step, metrics, on_step)
