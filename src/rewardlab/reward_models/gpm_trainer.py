@@ -28,6 +28,7 @@ from rewardlab.reward_models.config import RewardModelConfig
 from rewardlab.reward_models.data import RewardPair, heldout_reward_pairs, training_pairs
 from rewardlab.reward_models.evaluate import correct
 from rewardlab.reward_models.gpm import GeneralPreferenceModel, GPMHeadConfig, gpm_loss, load_gpm
+from rewardlab.reward_models.trainer import EVAL_FILE
 from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
@@ -41,8 +42,6 @@ from rewardlab.trainers.common import (
     save_run_config,
     seed_everything,
 )
-
-EVAL_FILE = "eval.json"
 
 
 class GPMConfig(RewardModelConfig):

@@ -266,14 +266,19 @@ def collect(ctx: Context, step: int) -> Iteration:
     return built
 
 
+def sampling_params(config: PreferenceConfig, n: int) -> SamplingParams:
+    """``n`` samples per prompt at the online temperature (the policy's and the mixture's)."""
+    online = config.preference.online
+    assert online is not None
+    return SamplingParams(
+        n=n, temperature=online.temperature, top_p=config.rollout.top_p,
+        max_new_tokens=config.rollout.max_new_tokens,
+    )
+
+
 def _sample(ctx: Context, model: Any, rows: Sequence[Row], n: int, *, as_reference: bool = False) -> list[str]:
     """``n`` completions per row from ``model`` (as the reference: adapter off with LoRA)."""
-    online = ctx.config.preference.online
-    assert online is not None
-    params = SamplingParams(
-        n=n, temperature=online.temperature, top_p=ctx.config.rollout.top_p,
-        max_new_tokens=ctx.config.rollout.max_new_tokens,
-    )
+    params = sampling_params(ctx.config, n)
     prompts = [row["prompt"] for row in rows]
     if as_reference:
         with reference_mode(model) as frozen:
@@ -387,10 +392,7 @@ def _nash_md(ctx: Context, rows: Sequence[Row], completions: list[str]) -> Itera
     assert online is not None
     n = online.num_generations
     prompts = [row["prompt"] for row in rows]
-    params = SamplingParams(
-        n=n, temperature=online.temperature, top_p=config.rollout.top_p,
-        max_new_tokens=config.rollout.max_new_tokens,
-    )
+    params = sampling_params(config, n)
     mixed = decode_completions(
         ctx.tokenizer, generate_mixture(ctx.policy, ctx.reference, ctx.tokenizer, prompts, params, online.mixture)
     )
