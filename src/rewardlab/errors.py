@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import errno
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class RewardlabError(Exception):
@@ -64,3 +65,12 @@ class StopRequested(Exception):
         super().__init__(f"stopped at step {step}; checkpoint written; resume with --resume {run_dir}")
         self.run_dir = run_dir
         self.step = step
+
+
+class LearnerLost(Exception):
+    """A data-parallel learner (a Ray actor) died during a run; the trainer resumes the run in
+    ``run_dir`` from its last checkpoint."""
+
+    def __init__(self, message: str, run_dir: Path) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir

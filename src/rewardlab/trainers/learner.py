@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,6 +24,9 @@ from rewardlab.config import RunConfig
 from rewardlab.models.loading import is_lora
 from rewardlab.models.logprobs import forward_completion_logits, token_entropy, token_logprobs
 from rewardlab.trainers.common import clip_and_step, step_seed
+
+if TYPE_CHECKING:
+    from rewardlab.distributed.parallel import DataParallel
 
 
 @dataclass
@@ -159,6 +162,7 @@ def update(
     step: int,
     coefs: dict[str, float],
     critic: Critic | None = None,
+    parallel: DataParallel | None = None,
 ) -> dict[str, float]:
     """Several epochs of policy-gradient steps over mini-batches of ``batch``.
 
@@ -166,6 +170,11 @@ def update(
     divides by the mini-batch's totals so accumulation does not change the gradient. The critic
     (if any) takes one step per mini-batch too. ``coefs`` holds this step's KL and entropy
     coefficients (adaptive ones change between steps).
+
+    With ``parallel`` (data-parallel learners, ``rewardlab.distributed``) every rank runs this
+    same loop on the same batch but computes only its share of each mini-batch; the summed
+    gradients and statistics are those of one learner doing all of it, because the loss of
+    each micro-batch is already divided by the whole mini-batch's totals.
     """
     train = config.train
     size = batch.size
@@ -188,7 +197,10 @@ def update(
                 "total_seqs": float(mini_batch.size),
                 "max_len": config.rollout.max_new_tokens,
             }
-            micro = batch_slices(mini_batch.group, torch.arange(mini_batch.size), train.micro_batch_size, whole)
+            mine = torch.arange(mini_batch.size)
+            if parallel is not None:
+                mine = parallel.share(mini_batch.group, whole)
+            micro = batch_slices(mini_batch.group, mine, train.micro_batch_size, whole) if mine.numel() else []
             for index in micro:
                 part = mini_batch.select(index)
                 loss, token_stats = micro_batch_loss(policy, part, totals, config, coefs, loss_seed)
@@ -197,6 +209,8 @@ def update(
                 for name, (total, count) in token_stats.items():
                     sums[name] += total
                     counts[name] += count
+            if parallel is not None:
+                parallel.sum_gradients(policy)
             sums["grad_norm"] += clip_and_step(policy, optimizer, scheduler, train.optim.max_grad_norm)
             counts["grad_norm"] += 1
             if critic is not None:
@@ -204,7 +218,9 @@ def update(
                     sums[name] += value
                     counts[name] += 1
             num_steps += 1
-    out = {"loss": sums.pop("loss") / max(num_steps, 1), "lr": scheduler.get_last_lr()[0]}
+    if parallel is not None:  # every rank saw part of the micro-batches; the norms are shared
+        sums, counts = parallel.sum_statistics(sums, counts, shared=("grad_norm",))
+    out = {"loss": sums.pop("loss", 0.0) / max(num_steps, 1), "lr": scheduler.get_last_lr()[0]}
     out |= {name: sums[name] / max(counts[name], 1.0) for name in sums}
     return out
 

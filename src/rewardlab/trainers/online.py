@@ -37,7 +37,7 @@ from rewardlab.batch import RolloutBatch, concat_batches
 from rewardlab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rewardlab.config import RunConfig
 from rewardlab.data.prompts import PromptSource, Row, prompt_source
-from rewardlab.errors import RewardlabError, StopRequested
+from rewardlab.errors import LearnerLost, RewardlabError, StopRequested
 from rewardlab.models.loading import export_model, load_policy
 from rewardlab.registry import Entry
 from rewardlab.rewards import (
@@ -50,6 +50,7 @@ from rewardlab.rewards import (
     score_rows,
 )
 from rewardlab.rewards.pipeline import is_plain, shape_rewards
+from rewardlab.rollout.engine import LocalRollout, RolloutEngine
 from rewardlab.rollout.hf import SamplingParams, decode_completions, generate
 from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
@@ -83,8 +84,9 @@ from rewardlab.trainers.process_rewards import (
     process_token_rewards,
 )
 
-if TYPE_CHECKING:  # the agent modules load only for agent runs
+if TYPE_CHECKING:  # the agent and Ray modules load only for agent and Ray runs
     from rewardlab.agents.trainer import AgentRuntime
+    from rewardlab.distributed.parallel import LearnerGroup
 
 
 @dataclass
@@ -93,6 +95,7 @@ class TrainResult:
     first_eval: dict[str, float] = field(default_factory=dict)
     last_eval: dict[str, float] = field(default_factory=dict)
     skipped_rows: int = 0  # bad dataset rows left out because data.skip_bad_rows is on
+    learner_restarts: int = 0  # Ray: times the run resumed from a checkpoint after losing a learner
 
 
 @dataclass
@@ -142,8 +145,33 @@ def train(
     """Run (or resume) online RL as ``config`` says; returns the run folder and eval metrics.
 
     ``on_start(first_step, total_steps)`` and ``on_step(step, metrics)`` let a caller show
-    progress; the trainer itself prints nothing.
+    progress; the trainer itself prints nothing. On Ray, a data-parallel learner lost mid-run
+    makes the run resume from its last checkpoint (at most ``ray.max_restarts`` times).
     """
+    restarts = 0
+    while True:
+        try:
+            result = _train(config, resume=resume, on_start=on_start, on_step=on_step)
+            result.learner_restarts = restarts
+            return result
+        except LearnerLost as lost:
+            restarts += 1
+            if restarts > config.ray.max_restarts:
+                raise RewardlabError(
+                    f"{lost}; that happened {restarts} times (ray.max_restarts is {config.ray.max_restarts}); "
+                    f"check the cluster, then resume with --resume {lost.run_dir}"
+                ) from None
+            config = config.model_copy(update={"run_dir": str(lost.run_dir)})
+            resume = lost.run_dir if latest_checkpoint(lost.run_dir) is not None else None
+
+
+def _train(
+    config: RunConfig,
+    *,
+    resume: str | Path | None,
+    on_start: Callable[[int, int], None] | None,
+    on_step: StepCallback | None,
+) -> TrainResult:
     run_dir = make_run_dir(str(resume) if resume else config.run_dir, "train", resume=resume is not None)
     if resume is not None:
         check_resumable(config, run_dir)
@@ -178,6 +206,8 @@ def train(
         if agent is not None:
             agent.load_state_dict(saved.extra.get("agent", {}))
     check_sinks(config.logging.sinks)
+    engine = make_engine(config, policy, tokenizer)  # after a resume: syncs the resumed weights
+    learners = make_learners(config, engine, policy, optimizer, scheduler)
     save_run_config(config, run_dir)  # on resume too: it may run longer than first planned
     sinks = make_sinks(
         config.logging.sinks,
@@ -201,16 +231,23 @@ def train(
             if agent is not None:
                 batch, metrics = collect_episodes(policy, tokenizer, prompts, sources, config, state, agent)
             else:
-                batch, metrics = collect(policy, tokenizer, prompts, sources, config, state, step)
+                batch, metrics = collect(policy, tokenizer, prompts, sources, config, state, step, engine)
             t1 = time.perf_counter()
+            if config.engine == "ray" and config.ray.mode == "async":
+                prefetch(engine, prompts, config, state, step)
             if batch.size > 0:  # a filter may leave nothing to learn from
                 metrics |= prepare(policy, reference, critic, batch, config, state, prm)
                 if agent is None:  # an agent batch has its per-turn advantages already
                     metrics |= estimate_advantages(batch, config, state)
                 coefs = state.coefficients()
-                metrics |= update(policy, optimizer, scheduler, batch, config, step, coefs, critic)
+                if learners is not None:
+                    metrics |= learners.update(batch, step, coefs, run_dir)
+                else:
+                    metrics |= update(policy, optimizer, scheduler, batch, config, step, coefs, critic)
                 metrics |= bad_steps.observe(metrics.get("grad_norm", 0.0), step)
                 metrics |= adapt_coefficients(state, metrics, config, batch.size)
+                engine.sync(policy, step)
+            metrics |= engine.metrics()
             metrics |= {"time/rollout": t1 - t0, "time/step": time.perf_counter() - t0}
             if _due(step, config.eval.every, steps):
                 t2 = time.perf_counter()
@@ -235,6 +272,9 @@ def train(
                 raise StopRequested(run_dir, step)
     finally:
         stop.close()
+        if learners is not None:
+            learners.close()
+        engine.close()
         close_all(sinks)
     if steps == 0 or start >= steps:
         result.last_eval = result.first_eval
@@ -316,16 +356,62 @@ def _needs(config: RunConfig, name: str) -> bool:
     return any(name in entry.inputs for entry in _entries(config))
 
 
-def rollout(policy: Any, tokenizer: Any, rows: list[Row], config: RunConfig) -> RolloutBatch:
-    """``num_generations`` sampled completions per prompt (HF generate with KV cache)."""
-    params = SamplingParams(
+def rollout(engine: RolloutEngine, rows: list[Row], config: RunConfig, seeds: list[int]) -> RolloutBatch:
+    """``num_generations`` sampled completions per prompt from the run's rollout engine."""
+    return engine.generate([row["prompt"] for row in rows], rollout_params(config), seeds)
+
+
+def rollout_params(config: RunConfig) -> SamplingParams:
+    return SamplingParams(
         n=config.rollout.num_generations,
         temperature=config.rollout.temperature,
         top_p=config.rollout.top_p,
         max_new_tokens=config.rollout.max_new_tokens,
         logprobs=_needs(config, "sampling_logp"),
     )
-    return generate(policy, tokenizer, [row["prompt"] for row in rows], params)
+
+
+def prefetch(engine: RolloutEngine, prompts: PromptSource, config: RunConfig, state: AlgorithmState, step: int) -> None:
+    """Asynchronous Ray mode: ask the rollout workers now for the batches of the next
+    ``ray.max_staleness`` steps, so they generate while this step's update runs (a step that
+    takes more prompts than planned, by refilling, just leaves an unused request behind)."""
+    n = config.train.prompts_per_step
+    for ahead in range(1, config.ray.max_staleness + 1):
+        rows = prompts.rows_from(state.prompt_cursor + (ahead - 1) * n, n)
+        seeds = prompt_seeds(config, step + ahead, 0, len(rows))
+        engine.prefetch([row["prompt"] for row in rows], rollout_params(config), seeds)
+
+
+def make_engine(config: RunConfig, policy: Any, tokenizer: Any) -> RolloutEngine:
+    """The run's rollout engine: the policy itself, or Ray rollout workers (``engine: ray``)."""
+    if config.engine == "ray":
+        from rewardlab.distributed.rollout import RayRollout
+
+        return RayRollout(config, policy, tokenizer.pad_token_id)
+    return LocalRollout(policy, tokenizer, per_prompt_seeding(config))
+
+
+def make_learners(
+    config: RunConfig, engine: RolloutEngine, policy: Any, optimizer: Any, scheduler: Any
+) -> LearnerGroup | None:
+    """Data-parallel learner actors next to this process (``ray.learners`` > 1), else None."""
+    if config.engine != "ray" or config.ray.learners == 1:
+        return None
+    from rewardlab.distributed.parallel import LearnerGroup
+    from rewardlab.distributed.rollout import RayRollout
+
+    assert isinstance(engine, RayRollout)
+    return LearnerGroup(config, engine.ray, policy, optimizer, scheduler)
+
+
+def prompt_seeds(config: RunConfig, step: int, round_: int, count: int) -> list[int]:
+    """One sampling seed per prompt of a rollout round (used by per-prompt seeding)."""
+    return [step_seed(config.seed, step, salt=1_000 + 100_003 * round_ + 7 * i) for i in range(count)]
+
+
+def per_prompt_seeding(config: RunConfig) -> bool:
+    """Whether each prompt samples with its own seed (always on Ray; see ``rollout.seeding``)."""
+    return config.rollout.seeding == "per_prompt" or (config.engine == "ray" and config.rollout.seeding is None)
 
 
 def score(
@@ -358,6 +444,7 @@ def collect(
     config: RunConfig,
     state: AlgorithmState,
     step: int,
+    engine: RolloutEngine | None = None,
 ) -> tuple[RolloutBatch, dict[str, float]]:
     """This step's scored batch: rollout, score, reward transforms and the batch filter.
 
@@ -377,12 +464,14 @@ def collect(
     seen_prompts: list[str] = []
     seen_completions: list[str] = []
     groups = 0
+    if engine is None:
+        engine = LocalRollout(policy, tokenizer, per_prompt_seeding(config))
     drain_failure_counts(sources)  # what evaluation left in the counters is not this step's
     drain_source_metrics(sources)
     for r in range(rounds):
         rows = prompts.rows_from(state.prompt_cursor, n_prompts)
         state.prompt_cursor += n_prompts
-        part = rollout(policy, tokenizer, rows, config)
+        part = rollout(engine, rows, config, prompt_seeds(config, step, r, len(rows)))
         part.group = part.group + r * n_prompts  # distinct group ids across rounds
         completions = decode_completions(tokenizer, part)
         score(part, rows, completions, sources, config.rollout.num_generations)

@@ -1,0 +1,69 @@
+"""Joining or starting the Ray cluster of a run, and shutting down only what the run started."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rewardlab.config import RayConfig
+from rewardlab.errors import RewardlabError
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise RewardlabError(
+            "engine: ray needs the ray package; install it with pip install 'rewardlab[ray]' "
+            "(or run with engine: local)"
+        ) from None
+    return ray
+
+
+@dataclass
+class Cluster:
+    """The Ray connection of one run; ``started`` when the run made a local cluster itself."""
+
+    ray: Any
+    started: bool
+
+    def close(self) -> None:
+        if self.ray.is_initialized() and self.started:
+            self.ray.shutdown()
+
+
+def connect(config: RayConfig) -> Cluster:
+    """Join ``config.address`` (a running cluster) or start a local cluster for this run.
+
+    Workers import rewardlab from the same environment as the driver: on a multi-node cluster
+    every node needs rewardlab installed (docs/ray.md). Worker output is not forwarded to the
+    driver, whose stdout belongs to the CLI's progress display.
+    """
+    ray = import_ray()
+    if ray.is_initialized():  # a caller (a notebook, a test) already connected: use that
+        return Cluster(ray, started=False)
+    options: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
+    if config.address is not None:
+        try:
+            ray.init(address=config.address, **options)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise RewardlabError(
+                f"ray.address: cannot join the Ray cluster at '{config.address}': {e}; start one with "
+                "'ray start --head' on the head node, or remove ray.address to start a local cluster"
+            ) from None
+        return Cluster(ray, started=True)
+    ray.init(num_cpus=config.num_cpus, **options)
+    return Cluster(ray, started=True)
+
+
+def check_capacity(ray: Any, config: RayConfig) -> None:
+    """Refuse a placement the cluster can never satisfy (the actors would wait forever)."""
+    actors = config.rollout_workers + config.learners - 1
+    wanted = actors * config.cpus_per_worker
+    have = float(ray.cluster_resources().get("CPU", 0.0))
+    if wanted > have:
+        raise RewardlabError(
+            f"ray: {config.rollout_workers} rollout workers and {config.learners - 1} learner actors at "
+            f"ray.cpus_per_worker {config.cpus_per_worker} need {wanted:g} CPUs, the cluster has {have:g}; "
+            "lower ray.cpus_per_worker (e.g. 0.5) or the worker counts, or add nodes"
+        )
