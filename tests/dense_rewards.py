@@ -49,3 +49,11 @@ def target_prefix(prompts: list[str], completions: list[str], **columns: Any) ->
             k += 1
         scores.append(k / len(TARGET))
     return scores
+
+
+def raises_on_digits(prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
+    """A buggy reward: raises on any completion that holds a digit (most of them)."""
+    for text in completions:
+        if any(c.isdigit() for c in text):
+            raise ValueError(f"cannot score {text!r}")
+    return [0.0 for _ in completions]

@@ -39,7 +39,10 @@ RAY = {"cpus_per_worker": 0.5, "torch_threads": 1, "collective_timeout": 60}
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # The tests' own reward module must import on the workers too (docs/ray.md: your reward
+    # modules are installed on, or shipped to, every node).
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=env)
     yield
     ray.shutdown()
 
@@ -219,6 +222,37 @@ def test_async_mode_respects_the_staleness_bound(tmp_path: Path) -> None:
     assert staleness[0] == 0 and staleness[1] == 1  # the pipeline fills one step at a time
     # Stale samples get importance weights that differ from 1 (the policy moved since).
     assert any(abs(m["correction/raw_weight"] - 1.0) > 1e-4 for m in metrics if m["rollout/staleness_max"] > 0)
+
+
+def test_reward_workers_score_what_the_trainer_would(tmp_path: Path) -> None:
+    """A stateless reward scored on a reward worker (chained on generation) and a stateful one
+    (the n-gram novelty bonus, which remembers generations) kept in the trainer: the same
+    metrics as a local run that scores both itself."""
+    rewards = [{"name": "dense_rewards:digit_fraction"}, {"name": "novelty_ngram", "weight": 0.2}]
+    local = tmp_path / "local"
+    train(_config(local, rewards=rewards, rollout={"seeding": "per_prompt"}, train={"steps": 2}))
+    remote = tmp_path / "remote"
+    config = _config(remote, rewards=rewards, engine="ray", train={"steps": 2},
+                     ray={**RAY, "rollout_workers": 2, "reward_workers": 1})
+    from rewardlab.data.prompts import prompt_source
+    from rewardlab.distributed.rewards import is_remote_capable
+    from rewardlab.models.loading import load_policy
+    from rewardlab.rewards import build_reward_sources
+
+    _, tok = load_policy(config.model)
+    sources = build_reward_sources(config.rewards, prompt_source(config.data, tok, 0, []).task)
+    assert [is_remote_capable(s) for s in sources] == [True, False]
+    train(config)
+    _same_metrics(_metrics(local), _metrics(remote))
+    assert any(m.get("reward/novelty_ngram", 0) > 0 for m in _metrics(remote))
+
+
+def test_a_reward_error_on_a_reward_worker_is_the_same_clear_message(tmp_path: Path) -> None:
+    config = _config(tmp_path / "bad", rewards=[{"name": "dense_rewards:raises_on_digits"}], engine="ray",
+                     ray={**RAY, "rollout_workers": 1, "reward_workers": 1})
+    with pytest.raises(RewardlabError, match="raises_on_digits") as caught:
+        train(config)
+    assert "Traceback" not in str(caught.value) and "RayTaskError" not in str(caught.value)
 
 
 def test_impossible_placement_is_one_clear_error(tmp_path: Path) -> None:

@@ -451,6 +451,7 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local cluster (default: all)")
     rollout_workers: int = Field(2, ge=1)
     learners: int = Field(1, ge=1, description="data-parallel learners; rank 0 is the driver")
+    reward_workers: int = Field(0, ge=0, description="actors scoring the stateless rewards")
     cpus_per_worker: float = Field(1.0, gt=0.0, description="CPUs Ray reserves per actor")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per actor")
     mode: Literal["sync", "async"] = "sync"

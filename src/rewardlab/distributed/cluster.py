@@ -58,12 +58,13 @@ def connect(config: RayConfig) -> Cluster:
 
 def check_capacity(ray: Any, config: RayConfig) -> None:
     """Refuse a placement the cluster can never satisfy (the actors would wait forever)."""
-    actors = config.rollout_workers + config.learners - 1
+    actors = config.rollout_workers + config.learners - 1 + config.reward_workers
     wanted = actors * config.cpus_per_worker
     have = float(ray.cluster_resources().get("CPU", 0.0))
     if wanted > have:
         raise RewardlabError(
-            f"ray: {config.rollout_workers} rollout workers and {config.learners - 1} learner actors at "
+            f"ray: {config.rollout_workers} rollout workers, {config.reward_workers} reward workers and "
+            f"{config.learners - 1} learner actors at "
             f"ray.cpus_per_worker {config.cpus_per_worker} need {wanted:g} CPUs, the cluster has {have:g}; "
             "lower ray.cpus_per_worker (e.g. 0.5) or the worker counts, or add nodes"
         )

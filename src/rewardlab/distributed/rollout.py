@@ -22,8 +22,10 @@ import torch
 
 from rewardlab.batch import RolloutBatch, concat_batches
 from rewardlab.config import RunConfig
+from rewardlab.data.tasks import Task
 from rewardlab.distributed.cluster import Cluster, check_capacity, connect
 from rewardlab.errors import RewardlabError
+from rewardlab.rewards import RewardSource
 from rewardlab.rollout.hf import SamplingParams
 
 
@@ -69,6 +71,8 @@ class _Request:
     seeds: list[int]
     shards: list[tuple[int, int]]  # [start, end) prompt ranges, one per worker used
     futures: list[Any]
+    rows: list[dict[str, Any]] | None = None  # the prompts' dataset rows, for reward workers
+    scored: list[Any] | None = None  # per shard: the reward worker's call, chained on generation
 
 
 class RayRollout:
@@ -92,8 +96,26 @@ class RayRollout:
         self.staleness: list[int] = []
         self.dropped = 0  # requests thrown away as too stale
         self.workers = [self._start_worker() for _ in range(config.ray.rollout_workers)]
+        self.scorers: list[Any] = []
+        self.remote_sources: dict[str, RewardSource] = {}
         self.sync(policy, 0)
         self.ray.get([w.pid.remote() for w in self.workers])  # fail here, not mid-step
+
+    def attach_rewards(self, sources: list[RewardSource], task: Task | None) -> None:
+        """Score the run's stateless reward sources on ``ray.reward_workers`` actors."""
+        from rewardlab.distributed.rewards import RewardWorker, is_remote_capable
+
+        count = self.config.ray.reward_workers
+        self.remote_sources = {s.name: s for s in sources if is_remote_capable(s)} if count else {}
+        if not self.remote_sources:
+            return
+        self.scorer_actor = self.ray.remote(RewardWorker)
+        self.scorer_args = (self.config.model_dump(mode="json"), task, list(self.remote_sources))
+        self.scorers = [self._start_scorer() for _ in range(count)]
+
+    def _start_scorer(self) -> Any:
+        options = {"num_cpus": self.config.ray.cpus_per_worker, "max_restarts": 0}
+        return self.scorer_actor.options(**options).remote(*self.scorer_args)
 
     def _start_worker(self) -> Any:
         cfg = self.config.ray
@@ -112,19 +134,24 @@ class RayRollout:
 
     # ------------------------------------------------------------------ generation
 
-    def generate(self, prompts: list[str], params: SamplingParams, seeds: list[int]) -> RolloutBatch:
-        """The batch, from a prefetched request when one matches and is fresh enough."""
+    def generate(
+        self, prompts: list[str], params: SamplingParams, seeds: list[int], rows: list[dict[str, Any]] | None = None
+    ) -> RolloutBatch:
+        """The batch, from a prefetched request when one matches and is fresh enough. With
+        ``rows`` and reward workers, ``batch.scores`` holds the remote sources' scores."""
         self._drop_stale()
         found = self.pending.pop(_key(prompts, params, seeds), None)
-        request = found[0] if found is not None else self._submit(prompts, params, seeds)
+        request = found[0] if found is not None else self._submit(prompts, params, seeds, rows)
         return self._collect(request)
 
-    def prefetch(self, prompts: list[str], params: SamplingParams, seeds: list[int]) -> None:
+    def prefetch(
+        self, prompts: list[str], params: SamplingParams, seeds: list[int], rows: list[dict[str, Any]] | None = None
+    ) -> None:
         """Start generating a later step's batch now, with the weights the workers hold (the
         workers run their calls in order, so the request samples from version ``self.version``)."""
         key = _key(prompts, params, seeds)
         if key not in self.pending:
-            self.pending[key] = (self._submit(prompts, params, seeds), self.version)
+            self.pending[key] = (self._submit(prompts, params, seeds, rows), self.version)
 
     def _drop_stale(self) -> None:
         """Forget requests sampled from a policy more than ``max_staleness`` updates old."""
@@ -133,12 +160,23 @@ class RayRollout:
             del self.pending[key]
             self.dropped += 1
 
-    def _submit(self, prompts: list[str], params: SamplingParams, seeds: list[int]) -> _Request:
+    def _submit(
+        self, prompts: list[str], params: SamplingParams, seeds: list[int], rows: list[dict[str, Any]] | None
+    ) -> _Request:
         count = min(len(self.workers), len(prompts))
         bounds = [round(i * len(prompts) / count) for i in range(count + 1)]
         shards = [(bounds[i], bounds[i + 1]) for i in range(count)]
         futures = [self._ask(i, prompts, params, seeds, shard) for i, shard in enumerate(shards)]
-        return _Request(prompts, params, seeds, shards, futures)
+        request = _Request(prompts, params, seeds, shards, futures, rows)
+        if self.scorers and rows is not None:
+            request.scored = [self._score(i, future, request) for i, future in enumerate(futures)]
+        return request
+
+    def _score(self, i: int, generated: Any, request: _Request) -> Any:
+        assert request.rows is not None
+        a, b = request.shards[i]
+        scorer = self.scorers[i % len(self.scorers)]
+        return scorer.score.remote(generated, request.rows[a:b], request.params.n)
 
     def _ask(self, i: int, prompts: list[str], params: SamplingParams, seeds: list[int], shard: tuple[int, int]) -> Any:
         a, b = shard
@@ -148,10 +186,39 @@ class RayRollout:
         parts: list[RolloutBatch] = []
         for i, (shard, future) in enumerate(zip(request.shards, request.futures, strict=True)):
             part, version = self._result(i, request, shard, future)
+            if request.scored is not None:
+                part.scores = self._remote_scores(i, request, part, version)
             self.staleness.append(self.version - version)
             part.group = part.group + shard[0]
             parts.append(part)
         return concat_batches(parts, self.pad_id)
+
+    def _remote_scores(self, i: int, request: _Request, part: RolloutBatch, version: int) -> dict[str, torch.Tensor]:
+        """Shard ``i``'s scores from its reward worker, scored again (on a fresh worker if that
+        one died) when its chained call failed, e.g. because its generation was redone."""
+        from ray.exceptions import RayActorError, RayTaskError
+
+        assert request.scored is not None
+        future = request.scored[i]
+        for _ in range(self.config.ray.max_restarts + 2):
+            try:
+                scores, failures = self.ray.get(future)
+            except RayTaskError as e:
+                if isinstance(e.cause, RewardlabError):  # the reward's own clear message
+                    raise e.cause from None
+                if not isinstance(e.cause, RayActorError):
+                    raise
+            except RayActorError:
+                k = i % len(self.scorers)
+                self.restarts += 1
+                self.ray.kill(self.scorers[k], no_restart=True)
+                self.scorers[k] = self._start_scorer()
+            else:
+                for name, counts in failures.items():
+                    self.remote_sources[name].failures.update(counts)
+                return scores
+            future = self._score(i, (part, version), request)
+        raise RewardlabError(f"ray: reward workers were lost more than ray.max_restarts ({self.config.ray.max_restarts}) times")
 
     def _result(self, i: int, request: _Request, shard: tuple[int, int], future: Any) -> tuple[RolloutBatch, int]:
         """Worker ``i``'s shard: asked again from a fresh worker if this one died, and from the
@@ -191,9 +258,9 @@ class RayRollout:
         return out
 
     def close(self) -> None:
-        for worker in self.workers:
+        for worker in self.workers + self.scorers:
             self.ray.kill(worker, no_restart=True)
-        self.workers = []
+        self.workers, self.scorers = [], []
         self.cluster.close()
 
 

@@ -17,16 +17,22 @@ from rewardlab.rollout.seeded import generate_seeded
 
 
 class RolloutEngine(Protocol):
-    def generate(self, prompts: list[str], params: SamplingParams, seeds: list[int]) -> RolloutBatch:
+    def generate(
+        self, prompts: list[str], params: SamplingParams, seeds: list[int], rows: list[dict[str, Any]] | None = None
+    ) -> RolloutBatch:
         """``params.n`` completions per prompt, rows of a prompt adjacent with group ids
-        0..len(prompts)-1; ``seeds`` (one per prompt) are used by per-prompt seeding."""
+        0..len(prompts)-1; ``seeds`` (one per prompt) are used by per-prompt seeding. An
+        engine that scores (Ray reward workers) gets the prompts' dataset ``rows`` and returns
+        the scores it made in ``batch.scores``; the trainer scores the rest."""
         ...
 
     def sync(self, policy: Any, version: int) -> None:
         """The policy after update ``version``: later generations sample from it."""
         ...
 
-    def prefetch(self, prompts: list[str], params: SamplingParams, seeds: list[int]) -> None:
+    def prefetch(
+        self, prompts: list[str], params: SamplingParams, seeds: list[int], rows: list[dict[str, Any]] | None = None
+    ) -> None:
         """Start a later ``generate`` call's work now (an asynchronous engine); a later call
         with the same arguments returns its result."""
         ...
@@ -46,7 +52,9 @@ class LocalRollout:
         self.tokenizer = tokenizer
         self.per_prompt = per_prompt
 
-    def generate(self, prompts: list[str], params: SamplingParams, seeds: list[int]) -> RolloutBatch:
+    def generate(
+        self, prompts: list[str], params: SamplingParams, seeds: list[int], rows: list[dict[str, Any]] | None = None
+    ) -> RolloutBatch:
         if self.per_prompt:
             return generate_seeded(self.policy, self.tokenizer, prompts, params, seeds)
         return generate(self.policy, self.tokenizer, prompts, params)
@@ -54,7 +62,9 @@ class LocalRollout:
     def sync(self, policy: Any, version: int) -> None:
         return None
 
-    def prefetch(self, prompts: list[str], params: SamplingParams, seeds: list[int]) -> None:
+    def prefetch(
+        self, prompts: list[str], params: SamplingParams, seeds: list[int], rows: list[dict[str, Any]] | None = None
+    ) -> None:
         return None
 
     def metrics(self) -> dict[str, float]:

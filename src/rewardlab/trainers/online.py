@@ -37,6 +37,7 @@ from rewardlab.batch import RolloutBatch, concat_batches
 from rewardlab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rewardlab.config import RunConfig
 from rewardlab.data.prompts import PromptSource, Row, prompt_source
+from rewardlab.data.tasks import Task
 from rewardlab.errors import LearnerLost, RewardlabError, StopRequested
 from rewardlab.models.loading import export_model, load_policy
 from rewardlab.registry import Entry
@@ -206,7 +207,7 @@ def _train(
         if agent is not None:
             agent.load_state_dict(saved.extra.get("agent", {}))
     check_sinks(config.logging.sinks)
-    engine = make_engine(config, policy, tokenizer)  # after a resume: syncs the resumed weights
+    engine = make_engine(config, policy, tokenizer, sources, prompts.task)  # syncs resumed weights
     learners = make_learners(config, engine, policy, optimizer, scheduler)
     save_run_config(config, run_dir)  # on resume too: it may run longer than first planned
     sinks = make_sinks(
@@ -358,7 +359,7 @@ def _needs(config: RunConfig, name: str) -> bool:
 
 def rollout(engine: RolloutEngine, rows: list[Row], config: RunConfig, seeds: list[int]) -> RolloutBatch:
     """``num_generations`` sampled completions per prompt from the run's rollout engine."""
-    return engine.generate([row["prompt"] for row in rows], rollout_params(config), seeds)
+    return engine.generate([row["prompt"] for row in rows], rollout_params(config), seeds, rows)
 
 
 def rollout_params(config: RunConfig) -> SamplingParams:
@@ -379,15 +380,20 @@ def prefetch(engine: RolloutEngine, prompts: PromptSource, config: RunConfig, st
     for ahead in range(1, config.ray.max_staleness + 1):
         rows = prompts.rows_from(state.prompt_cursor + (ahead - 1) * n, n)
         seeds = prompt_seeds(config, step + ahead, 0, len(rows))
-        engine.prefetch([row["prompt"] for row in rows], rollout_params(config), seeds)
+        engine.prefetch([row["prompt"] for row in rows], rollout_params(config), seeds, rows)
 
 
-def make_engine(config: RunConfig, policy: Any, tokenizer: Any) -> RolloutEngine:
-    """The run's rollout engine: the policy itself, or Ray rollout workers (``engine: ray``)."""
+def make_engine(
+    config: RunConfig, policy: Any, tokenizer: Any, sources: list[RewardSource], task: Task | None
+) -> RolloutEngine:
+    """The run's rollout engine: the policy itself, or Ray rollout workers (``engine: ray``),
+    with reward workers for the stateless reward sources when ``ray.reward_workers`` > 0."""
     if config.engine == "ray":
         from rewardlab.distributed.rollout import RayRollout
 
-        return RayRollout(config, policy, tokenizer.pad_token_id)
+        engine = RayRollout(config, policy, tokenizer.pad_token_id)
+        engine.attach_rewards(sources, task)
+        return engine
     return LocalRollout(policy, tokenizer, per_prompt_seeding(config))
 
 
@@ -418,8 +424,11 @@ def score(
     batch: RolloutBatch, rows: list[Row], completions: list[str], sources: list[RewardSource], n: int
 ) -> dict[str, torch.Tensor]:
     """Score every completion (``batch``'s rows, decoded) with every reward source; sets
-    ``batch.scores`` and ``batch.rewards`` (weighted)."""
-    scores = score_rows(sources, rows, completions, n)
+    ``batch.scores`` and ``batch.rewards`` (weighted). Scores the rollout engine already made
+    (Ray reward workers) are kept; the other sources score here."""
+    done = batch.scores or {}
+    fresh = score_rows([s for s in sources if s.name not in done], rows, completions, n)
+    scores = {s.name: done[s.name] if s.name in done else fresh[s.name] for s in sources}
     batch.scores = scores
     batch.rewards = combine_rewards(scores, {s.name: s.weight for s in sources})
     return scores
