@@ -151,6 +151,15 @@ def test_sync_ray_run_matches_the_local_run(tmp_path: Path, local_run: Path) -> 
         assert torch.allclose(_final_weights(run_dir)[name], value, atol=1e-5), name
 
 
+def test_ray_run_resumes_exactly_with_another_worker_count(tmp_path: Path, local_run: Path) -> None:
+    """Stopped after 2 of 4 steps, resumed with 1 rollout worker instead of 2: the metrics of
+    the uninterrupted local run (the checkpoint's weights reach the new workers)."""
+    run_dir = tmp_path / "resumed"
+    train(_config(run_dir, engine="ray", train={"steps": 2}, ray={**RAY, "rollout_workers": 2}))
+    train(_config(run_dir, engine="ray", ray={**RAY, "rollout_workers": 1}), resume=run_dir)
+    _same_metrics(_metrics(local_run), _metrics(run_dir))
+
+
 def test_two_data_parallel_learners_equal_one(tmp_path: Path, local_run: Path) -> None:
     """Same rollouts, the update split over 2 learners (the driver and one actor): same losses,
     gradient norms and final weights as one learner."""

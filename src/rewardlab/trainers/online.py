@@ -305,8 +305,14 @@ def restore_state(
 
 
 # Keys a resumed run may change without changing the training trajectory: where it lives, how
-# long it runs, and how often it evaluates, checkpoints and logs.
-_RESUME_MAY_CHANGE = ("run_dir", "eval.every", "checkpoint.", "logging.")
+# long it runs, how often it evaluates, checkpoints and logs, and how a Ray run is placed (the
+# samples are seeded per prompt and the learners' sum is the one-learner update, so worker
+# counts change nothing but float rounding; the engine itself and the async mode do change it).
+_RESUME_MAY_CHANGE = (
+    "run_dir", "eval.every", "checkpoint.", "logging.", "ray.address", "ray.num_cpus",
+    "ray.rollout_workers", "ray.learners", "ray.reward_workers", "ray.cpus_per_worker",
+    "ray.torch_threads", "ray.max_restarts", "ray.collective_timeout",
+)
 
 
 def check_resumable(config: RunConfig, run_dir: Path) -> None:
