@@ -73,6 +73,20 @@ def test_every_torch_load_in_src_is_weights_only() -> None:
     assert not re.search(r"^\s*from torch import .*\bload\b", text, flags=re.MULTILINE)
 
 
+def test_every_model_from_pretrained_in_src_reads_safetensors_only() -> None:
+    """Policy, critic, reward-model backbone and the novelty encoder: weights never come from a
+    pickle (a hub id or folder with only ``.bin`` files is refused by transformers). The GGUF
+    reader is the one exception: a GGUF file is not a pickle."""
+    calls = [(path, call) for path, call in _calls("from_pretrained")
+             if isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name)
+             and call.func.value.id.startswith("AutoModel")]  # fmt: skip
+    assert len(calls) >= 4
+    for path, call in calls:
+        if _keyword(call, "gguf_file") != "<absent>":
+            continue
+        assert _keyword(call, "use_safetensors") is True, f"{path}:{call.lineno}: from_pretrained without use_safetensors=True"
+
+
 def test_nothing_else_in_src_unpickles() -> None:
     text = "\n".join(p.read_text(encoding="utf-8") for p in SRC.rglob("*.py"))
     assert not re.search(

@@ -125,7 +125,7 @@ def load_value_model(config: ModelConfig, *, seed: int = 0) -> ValueModel:
     path = resolve_model_path(config.name, seed=seed)
     dtype = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
     except OSError as e:
         raise RewardlabError(f"critic model '{config.name}' could not be loaded: {e}") from None
     return ValueModel(model)

@@ -204,7 +204,7 @@ class RewardModel(nn.Module):
 
 def _load_backbone(path: str, dtype: torch.dtype, name: str) -> nn.Module:
     try:
-        backbone = AutoModel.from_pretrained(path, dtype=dtype)
+        backbone = AutoModel.from_pretrained(path, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as e:
         raise RewardlabError(f"model.name: could not load '{name}' as a backbone: {e}") from None
     if getattr(backbone.config, "is_encoder_decoder", False):

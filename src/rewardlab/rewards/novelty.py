@@ -211,7 +211,7 @@ class SentenceEncoder:
         from transformers import AutoModel, AutoTokenizer
 
         self._tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-        model = AutoModel.from_pretrained(self.path, local_files_only=True, dtype=torch.float32)
+        model = AutoModel.from_pretrained(self.path, local_files_only=True, dtype=torch.float32, use_safetensors=True)
         self._model = model.to("cpu").eval()
 
     @torch.no_grad()
