@@ -183,3 +183,34 @@ register(
         "rewardlab.experiments.xpo_exploration:run",
     )
 )
+register(
+    Experiment(
+        "unlikeliness-passk",
+        "Prompts with several correct answers of skewed base probability: pass@N of the SFT "
+        "base, GRPO and GRPO + unlikeliness reward (tiny model, rewardlab trainer stages)",
+        "Rewarding the Unlikely: Lifting GRPO Beyond Distribution Sharpening",
+        "2506.02355",
+        "rewardlab.experiments.unlikeliness_passk:run",
+    )
+)
+register(
+    Experiment(
+        "entropy-mechanism",
+        "Entropy change of RL steps vs the covariance of log-probability and advantage "
+        "(tabular softmax bandit exactly, the tiny model under GRPO per step); policy entropy "
+        "of GRPO vs the clip_cov and kl_cov recipes",
+        "The Entropy Mechanism of Reinforcement Learning for Reasoning Language Models",
+        "2505.22617",
+        "rewardlab.experiments.entropy_mechanism:run",
+    )
+)
+register(
+    Experiment(
+        "par-hacking",
+        "A verbosity-biased proxy reward on the reverse task: held-out gold (exact answer) over "
+        "RL training with the raw proxy, mean/std normalization, log-sigmoid and PAR shaping",
+        "Reward Shaping to Mitigate Reward Hacking in RLHF",
+        "2502.18770",
+        "rewardlab.experiments.par_hacking:run",
+    )
+)
