@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from rewardlab.config import RunConfig
+from rewardlab.distributed.cluster import restore_signals, saved_signals
 from rewardlab.errors import RewardlabError
 from rewardlab.trainers.online import train
 
@@ -42,9 +43,11 @@ def cluster() -> Iterator[None]:
     # The tests' own reward module must import on the workers too (docs/ray.md: your reward
     # modules are installed on, or shipped to, every node).
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}}
+    handlers = saved_signals()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=env)
     yield
     ray.shutdown()
+    restore_signals(handlers)  # ray.init's SIGTERM handler would outlive the module
 
 
 def _config(run_dir: Path, **changes: Any) -> RunConfig:

@@ -3,6 +3,7 @@ for the run and leaves no Ray process behind when it ends."""
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def test_run_starts_and_stops_its_own_cluster(tmp_path: Path) -> None:
     from rewardlab.trainers.online import train
 
     assert not ray.is_initialized()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     before = _ray_processes()
     run_dir = tmp_path / "run"
     config = RunConfig.model_validate({
@@ -41,6 +43,7 @@ def test_run_starts_and_stops_its_own_cluster(tmp_path: Path) -> None:
     train(config)
     assert (run_dir / "final").is_dir() and (run_dir / "metrics.jsonl").is_file()
     assert not ray.is_initialized()  # the run shut down the cluster it started
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # and put the signal handlers back
     for _ in range(50):  # Ray's processes exit a moment after shutdown
         left = _ray_processes() - before
         if not left:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import signal
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 from rewardlab.config import RayConfig
@@ -26,10 +28,29 @@ class Cluster:
 
     ray: Any
     started: bool
+    handlers: dict[int, Any] = field(default_factory=dict)  # signal handlers before ray.init
 
     def close(self) -> None:
         if self.ray.is_initialized() and self.started:
             self.ray.shutdown()
+            restore_signals(self.handlers)
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def saved_signals() -> dict[int, Any]:
+    return {s: signal.getsignal(s) for s in _SIGNALS}
+
+
+def restore_signals(handlers: dict[int, Any]) -> None:
+    """``ray.init`` installs its own SIGTERM handler in the driver, and it outlives
+    ``ray.shutdown``; a library call must leave the caller's handlers as it found them."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for number, handler in handlers.items():
+        if handler is not None:
+            signal.signal(number, handler)
 
 
 def connect(config: RayConfig) -> Cluster:
@@ -43,6 +64,7 @@ def connect(config: RayConfig) -> Cluster:
     if ray.is_initialized():  # a caller (a notebook, a test) already connected: use that
         return Cluster(ray, started=False)
     options: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
+    handlers = saved_signals()
     if config.address is not None:
         try:
             ray.init(address=config.address, **options)
@@ -51,9 +73,9 @@ def connect(config: RayConfig) -> Cluster:
                 f"ray.address: cannot join the Ray cluster at '{config.address}': {e}; start one with "
                 "'ray start --head' on the head node, or remove ray.address to start a local cluster"
             ) from None
-        return Cluster(ray, started=True)
+        return Cluster(ray, started=True, handlers=handlers)
     ray.init(num_cpus=config.num_cpus, **options)
-    return Cluster(ray, started=True)
+    return Cluster(ray, started=True, handlers=handlers)
 
 
 def check_capacity(ray: Any, config: RayConfig) -> None:

@@ -46,8 +46,12 @@ class DataParallel:
         parameter no rank has a gradient for keeps none, as in a single learner, so the
         optimizer skips it (AdamW would otherwise decay it)."""
         params = [p for p in model.parameters() if p.requires_grad]
-        flat = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), dtype=p.dtype) for p in params]
-        has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+        device = params[0].device
+        flat = [
+            p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), dtype=p.dtype, device=device)
+            for p in params
+        ]
+        has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
         buffer = torch.cat([f.float() for f in flat] + [has])
         dist.all_reduce(buffer)
         offset = 0
@@ -81,8 +85,9 @@ class DataParallel:
         return total_sums, total_counts
 
 
-def init_group(rank: int, world: int, address: str, timeout: float) -> None:
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+def init_group(rank: int, world: int, address: str, timeout: float, on_gpu: bool) -> None:
+    """Join the learners' process group: NCCL when the policy lives on a GPU, gloo otherwise."""
+    backend = "nccl" if on_gpu else "gloo"
     dist.init_process_group(
         backend, init_method=f"tcp://{address}", rank=rank, world_size=world,
         timeout=datetime.timedelta(seconds=timeout),
@@ -111,7 +116,8 @@ class LearnerWorker:
         return os.getpid()
 
     def join(self) -> None:
-        init_group(self.parallel.rank, self.parallel.world, self.address, self.config.ray.collective_timeout)
+        on_gpu = next(self.policy.parameters()).is_cuda
+        init_group(self.parallel.rank, self.parallel.world, self.address, self.config.ray.collective_timeout, on_gpu)
 
     def load(self, weights: dict[str, torch.Tensor], optimizer: dict[str, Any], scheduler: dict[str, Any]) -> None:
         self.policy.load_state_dict(weights, strict=False)
@@ -146,7 +152,7 @@ class LearnerGroup:
         self.parallel = DataParallel(0, world)
         self._call([w.pid.remote() for w in self.workers])
         joining = [w.join.remote() for w in self.workers]
-        init_group(0, world, address, config.ray.collective_timeout)
+        init_group(0, world, address, config.ray.collective_timeout, next(policy.parameters()).is_cuda)
         self._call(joining)
         self._call([w.load.remote(policy.state_dict(), optimizer.state_dict(), scheduler.state_dict()) for w in self.workers])
 

@@ -432,7 +432,7 @@ def score(
     """Score every completion (``batch``'s rows, decoded) with every reward source; sets
     ``batch.scores`` and ``batch.rewards`` (weighted). Scores the rollout engine already made
     (Ray reward workers) are kept; the other sources score here."""
-    done = batch.scores or {}
+    done = getattr(batch, "scores", None) or {}  # (callers may pass a bare namespace)
     fresh = score_rows([s for s in sources if s.name not in done], rows, completions, n)
     scores = {s.name: done[s.name] if s.name in done else fresh[s.name] for s in sources}
     batch.scores = scores
