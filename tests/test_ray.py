@@ -154,6 +154,17 @@ def test_sync_ray_run_matches_the_local_run(tmp_path: Path, local_run: Path) -> 
         assert torch.allclose(_final_weights(run_dir)[name], value, atol=1e-5), name
 
 
+def test_lora_weights_reach_the_rollout_workers(tmp_path: Path) -> None:
+    """Under LoRA only the adapter is sent after each update; the workers' samples then equal
+    a local run's (a worker left on the initial adapter would sample differently at step 2)."""
+    lora = {"name": "builtin:tiny", "lora": {"r": 4, "alpha": 8}}
+    local = tmp_path / "local"
+    train(_config(local, model=lora, rollout={"seeding": "per_prompt"}, train={"steps": 3}))
+    remote = tmp_path / "remote"
+    train(_config(remote, model=lora, engine="ray", train={"steps": 3}, ray={**RAY, "rollout_workers": 2}))
+    _same_metrics(_metrics(local), _metrics(remote))
+
+
 def test_ray_run_resumes_exactly_with_another_worker_count(tmp_path: Path, local_run: Path) -> None:
     """Stopped after 2 of 4 steps, resumed with 1 rollout worker instead of 2: the metrics of
     the uninterrupted local run (the checkpoint's weights reach the new workers)."""
