@@ -47,6 +47,10 @@ def test_ensemble_overoptimization(tmp_path: Path) -> None:
     assert data["kl"][0] == 0.0
     n = data["ns"][-1]
     assert math.isclose(data["kl"][-1], math.log(n) - (n - 1) / n)
+    # RL without a KL penalty: the single RM's gold ends well below WCO's and UWO's.
+    rl = data["rl"]
+    for agg in ("WCO (min)", "UWO (coef 1)"):
+        assert rl["single|0"]["final"] < rl[f"{agg}|0"]["final"] - 0.5
 
 
 def test_prm_credit(tmp_path: Path) -> None:

@@ -155,7 +155,8 @@ register(
         "ensemble-overoptimization",
         "Best-of-n up to 10^4 against noisy proxy reward models (tiny MLPs on a synthetic feature "
         "space with a known gold reward): one proxy vs mean, worst-case (min) and "
-        "uncertainty-weighted (uwo) ensembles",
+        "uncertainty-weighted (uwo) ensembles, and a short RL run (gold against KL, with and "
+        "without a KL penalty)",
         "Reward Model Ensembles Help Mitigate Overoptimization",
         "2310.02743",
         "rewardlab.experiments.ensemble_overoptimization:run",

@@ -4,7 +4,10 @@
 2310.02743). Abstract: in the synthetic gold-reward setup of Gao et al. (2023), with 25% label
 noise added, "conservative optimization practically eliminates overoptimization and improves
 performance by up to 70% for BoN sampling", with and without label noise. How the paper
-computes the 70% and its largest n were not read ([not checked]).
+computes the 70% and its largest n were not read ([not checked]). For PPO we know the claim
+only from the project digest's paraphrase of the abstract ([digest, 2nd-hand]): conservative
+optimization always reduces overoptimization and beats a single RM, and with a small KL penalty
+it prevents overoptimization at no cost.
 
 Our synthetic version (no language model; the "responses" are points of a feature space):
 
@@ -25,6 +28,19 @@ Our synthetic version (no language model; the "responses" are points of a featur
   coef 1, ``mean_minus_std``), and the gold reward of the argmax is recorded;
   KL_bon = log n - (n - 1)/n (``rewardlab.selection.bon_kl``).
 
+* a short RL run in each noisy world: a policy of the base policy's form (a two-component
+  Gaussian mixture with a shared learnable mean, learnable per-dimension log-stds of each
+  component and a learnable mixture weight), initialized at the base policy, which is the
+  reference. It is trained for a few hundred steps on the aggregated proxy reward (each single
+  member, ``mean``, ``min``, ``uwo``, ``mean_minus_std``) with REINFORCE: groups of G samples,
+  the registered ``rloo`` advantage and the registered ``pg`` policy loss (one on-policy update
+  per batch, so PPO's clipping would be inactive). The KL penalty goes into the reward, as in
+  RLHF's PPO: r - beta * k1 with k1 = log pi(x) - log pi_base(x) (registered ``k1``), once with
+  beta = 0 (pure optimization, the curve traces gold against KL along training) and once with a
+  small beta. Gold under the policy is exact (E g = w.mu - 0.1 (|mu|^2 + E sum sigma^2));
+  KL(pi || pi_base) is a Monte Carlo mean of k1 over fresh samples (no closed form for
+  mixtures).
+
 Gold is reported as the gain over the base policy's mean gold (gold units; the best possible
 response is about 3.6 above that mean), averaged over independent worlds (gold direction, data,
 ensemble).
@@ -36,7 +52,9 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from rewardlab.algorithms import ADVANTAGES, KL_ESTIMATORS, POLICY_LOSSES
 from rewardlab.experiments import ExperimentResult, Row
 from rewardlab.experiments.report import new_figure, save_figure
 from rewardlab.reward_models.ensemble import aggregate
@@ -54,6 +72,11 @@ AGGREGATIONS = [
     ("mean - std", "mean_minus_std", {}),
 ]
 UWO_SWEEP = (0.1, 0.3, 1.0, 3.0)
+RL_BETAS = (0.0, 0.1)  # KL penalty in the reward: none, and a small one
+RL_GROUP = 8  # samples per rloo group
+RL_LR = 0.03
+RL_STEPS_FAST = 200
+RL_EVAL_EVERY, RL_EVAL_SAMPLES = 10, 2048
 
 
 def sample_base(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,10 +116,154 @@ def nested_best(scores: torch.Tensor, ns: list[int]) -> torch.Tensor:
     return torch.stack([scores[:, :n].argmax(1) for n in ns])
 
 
+# --------------------------------------------------------------------------- RL run
+
+
+def mixture_log_prob(
+    x: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor, logit: torch.Tensor
+) -> torch.Tensor:
+    """log pi(x) [R, N] of R two-component Gaussian mixtures at x [R, N, DIM]: shared mean mu
+    [R, DIM], per-component diagonal log-stds log_std [R, 2, DIM], log-odds of component 1 [R]."""
+    z = (x.unsqueeze(2) - mu[:, None, None, :]) / log_std.exp()[:, None]
+    comp = (-0.5 * z * z - log_std[:, None] - 0.5 * math.log(2 * math.pi)).sum(-1)  # [R, N, 2]
+    log_w = torch.stack([F.logsigmoid(-logit), F.logsigmoid(logit)], -1)
+    return torch.logsumexp(comp + log_w[:, None, :], -1)
+
+
+def base_params(runs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The base policy as mixture parameters (mu, log_std, logit) for ``runs`` copies."""
+    log_std = torch.stack([torch.zeros(DIM), torch.full((DIM,), math.log(WIDE_SCALE))])
+    return (
+        torch.zeros(runs, DIM),
+        log_std.repeat(runs, 1, 1),
+        torch.full((runs,), math.log(WIDE_SHARE / (1 - WIDE_SHARE))),
+    )
+
+
+def sample_mixture(
+    n: int, mu: torch.Tensor, log_std: torch.Tensor, logit: torch.Tensor, gen: torch.Generator
+) -> torch.Tensor:
+    """n samples [R, n, DIM] of each of the R mixtures (no gradient: REINFORCE, not the
+    reparameterization trick)."""
+    mu, log_std, logit = mu.detach(), log_std.detach(), logit.detach()
+    wide = torch.rand(mu.shape[0], n, generator=gen) < torch.sigmoid(logit)[:, None]
+    std = torch.where(wide.unsqueeze(-1), log_std[:, 1, None].exp(), log_std[:, 0, None].exp())
+    return mu[:, None, :] + std * torch.randn(mu.shape[0], n, DIM, generator=gen)
+
+
+def mixture_gold(
+    mu: torch.Tensor, log_std: torch.Tensor, logit: torch.Tensor, w: torch.Tensor
+) -> torch.Tensor:
+    """Exact E_pi g(x) [R] = w.mu - 0.1 (|mu|^2 + sum_c p_c sum_d sigma_cd^2)."""
+    p = torch.sigmoid(logit)
+    var = log_std.mul(2).exp().sum(-1)  # [R, 2]
+    return mu @ w - 0.1 * ((mu * mu).sum(-1) + (1 - p) * var[:, 0] + p * var[:, 1])
+
+
+def run_rl(
+    nets: list[torch.nn.Module],
+    loc: torch.Tensor,
+    scale: torch.Tensor,
+    w: torch.Tensor,
+    seed: int,
+    steps: int,
+    groups: int,
+) -> dict[str, dict[str, list[float]]]:
+    """RL against each aggregated proxy for every beta of RL_BETAS, all runs batched.
+
+    Returns, per "label|beta", the curves logged every RL_EVAL_EVERY steps: exact gold gain over
+    the base policy's mean, Monte Carlo KL(pi || pi_base), mean aggregated (standardized) proxy
+    reward of the policy's samples, and the norm of the policy's mean and its component along w.
+    The single-member curves are averaged over the members.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    specs: list[tuple[str, str, dict[str, float], int, float]] = []  # label, agg, params, k, beta
+    for beta in RL_BETAS:
+        specs += [("single", "", {}, k, beta) for k in range(MEMBERS)]
+        specs += [(label, name, params, -1, beta) for label, name, params in AGGREGATIONS]
+    runs = len(specs)
+    n = groups * RL_GROUP
+    mu, log_std, logit = (t.clone().requires_grad_() for t in base_params(runs))
+    ref = tuple(t.clone() for t in base_params(runs))
+    opt = torch.optim.Adam([mu, log_std, logit], lr=RL_LR)
+    group = torch.arange(runs * groups).repeat_interleave(RL_GROUP)
+    mask = torch.ones(runs * n, 1)
+    base_gold = float(mixture_gold(*ref, w)[0])
+    logs: list[dict[str, torch.Tensor]] = []
+
+    def proxy(x: torch.Tensor) -> torch.Tensor:
+        """Aggregated standardized proxy reward [R, N] of each run's samples x [R, N, DIM]."""
+        with torch.no_grad():
+            member = torch.stack([net(x.reshape(-1, DIM))[:, 0] for net in nets])
+            member = ((member - loc[:, None]) / scale[:, None]).view(MEMBERS, runs, -1)
+        return torch.stack(
+            [
+                member[k, r] if label == "single" else aggregate(member[:, r], name, params)
+                for r, (label, name, params, k, _) in enumerate(specs)
+            ]
+        )
+
+    for step in range(steps + 1):
+        if step % RL_EVAL_EVERY == 0 or step == steps:
+            with torch.no_grad():
+                xe = sample_mixture(RL_EVAL_SAMPLES, mu, log_std, logit, gen)
+                k1 = KL_ESTIMATORS.call(
+                    "k1",
+                    {"logp": mixture_log_prob(xe, mu, log_std, logit),
+                     "ref_logp": mixture_log_prob(xe, *ref)},
+                    {},
+                )
+                logs.append({
+                    "gold": mixture_gold(mu, log_std, logit, w) - base_gold,
+                    "kl": k1.mean(1),
+                    "proxy": proxy(xe).mean(1),
+                    "mean_norm": mu.norm(dim=1),  # the gold optimum is at 5w, |5w| = 5
+                    "along_w": mu @ w,
+                })
+        if step == steps:
+            break
+        x = sample_mixture(n, mu, log_std, logit, gen)
+        logp = mixture_log_prob(x, mu, log_std, logit)
+        with torch.no_grad():
+            k1 = KL_ESTIMATORS.call("k1", {"logp": logp, "ref_logp": mixture_log_prob(x, *ref)}, {})
+            beta = torch.tensor([spec[4] for spec in specs])
+            reward = proxy(x) - beta[:, None] * k1
+        adv = ADVANTAGES.call(
+            "rloo", {"rewards": reward.reshape(-1), "group": group, "mask": mask}, {}
+        ).view(runs, n)
+        loss, _ = POLICY_LOSSES.call(
+            "pg", {"logp": logp, "old_logp": logp.detach(), "advantages": adv}, {}
+        )
+        opt.zero_grad()
+        loss.mean(1).sum().backward()  # each run's own mean loss; the runs share no parameter
+        opt.step()
+
+    curves: dict[str, dict[str, list[float]]] = {}
+    for key in logs[0]:
+        table = torch.stack([log[key] for log in logs], 1)  # [R, T]
+        for beta in RL_BETAS:
+            rows = [r for r, spec in enumerate(specs) if spec[4] == beta]
+            single = [r for r in rows if specs[r][0] == "single"]
+            curves.setdefault(f"single|{beta:g}", {})[key] = table[single].mean(0).tolist()
+            for r in rows:
+                if specs[r][0] != "single":
+                    curves.setdefault(f"{specs[r][0]}|{beta:g}", {})[key] = table[r].tolist()
+    return curves
+
+
 def run_world(
-    seed: int, noise: float, pairs: int, steps: int, prompts: int, n_max: int, ns: list[int]
+    seed: int,
+    noise: float,
+    pairs: int,
+    steps: int,
+    prompts: int,
+    n_max: int,
+    ns: list[int],
+    rl_steps: int = 0,
+    rl_groups: int = 0,
 ) -> dict[str, object]:
-    """One world: gold direction, noisy training pairs, K members, best-of-n curves."""
+    """One world: gold direction, noisy training pairs, K members, best-of-n curves and (with
+    ``rl_steps``) the RL curves."""
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(DIM, generator=gen)
     w = w / w.norm()
@@ -115,7 +282,8 @@ def run_world(
         x, wide = sample_base(prompts * n_max, gen)
         gold = gold_reward(x, w).view(prompts, n_max)
         member = torch.stack([n(x)[:, 0] for n in nets]).view(MEMBERS, prompts, n_max)
-    member = (member - member.mean((1, 2), keepdim=True)) / member.std((1, 2), keepdim=True)
+    loc, scale = member.mean((1, 2)), member.std((1, 2))  # per member, over base samples
+    member = (member - loc[:, None, None]) / scale[:, None, None]
     wide = wide.view(prompts, n_max)
     g_mean = float(gold.mean())
 
@@ -149,7 +317,9 @@ def run_world(
         score = aggregate(flat, "uwo", {"coef": coef}).view(prompts, n_max)
         uwo_final[coef] = gains(nested_best(score, ns[-1:]))[0]
     curves["gold (oracle)"] = gains(nested_best(gold, ns))
+    rl = run_rl(nets, loc, scale, w, 7919 + seed, rl_steps, rl_groups) if rl_steps else {}
     return {
+        "rl": rl,
         "curves": curves,
         "proxy_single": proxy_single.tolist(),
         "wide_share": wide_share,
@@ -164,7 +334,15 @@ def average_worlds(worlds: list[dict[str, object]]) -> dict[str, object]:
         return torch.tensor(lists).mean(0).tolist()
 
     labels = list(worlds[0]["curves"])  # type: ignore[arg-type]
+    rl: dict[str, dict[str, list[float]]] = worlds[0]["rl"]  # type: ignore[assignment]
     return {
+        "rl": {
+            run: {
+                key: mean_list([w["rl"][run][key] for w in worlds])  # type: ignore[index]
+                for key in rl[run]
+            }
+            for run in rl
+        },
         "curves": {
             lab: mean_list([w["curves"][lab] for w in worlds])  # type: ignore[index]
             for lab in labels
@@ -193,17 +371,38 @@ def summary(curve: list[float], ns: list[int]) -> dict[str, float]:
     }
 
 
+def rl_summary(curves: dict[str, list[float]]) -> dict[str, float]:
+    """Peak and final gold gain of one RL run (or average of runs) with the KL at each."""
+    gold, kl = curves["gold"], curves["kl"]
+    peak = max(range(len(gold)), key=lambda i: gold[i])
+    return {
+        "peak": gold[peak],
+        "peak_kl": kl[peak],
+        "final": gold[-1],
+        "final_kl": kl[-1],
+        "drop": gold[peak] - gold[-1],
+        "proxy_start": curves["proxy"][0],
+        "proxy_final": curves["proxy"][-1],
+        "mean_norm": curves["mean_norm"][-1],
+        "along_w": curves["along_w"][-1],
+    }
+
+
 def run(fast: bool, seed: int, out: Path) -> ExperimentResult:
     torch.manual_seed(seed)
     if fast:
         worlds_noisy, worlds_clean, pairs, steps, prompts, n_max = 1, 1, 2000, 150, 40, 2000
+        rl_steps, rl_groups = RL_STEPS_FAST, 16
     else:
         worlds_noisy, worlds_clean, pairs, steps, prompts, n_max = 4, 2, 4000, 200, 250, 10000
+        rl_steps, rl_groups = 300, 32
     ns = sorted({min(2**i, n_max) for i in range(int(math.log2(n_max)) + 1)} | {n_max})
     kls = [bon_kl(n) for n in ns]
-    noisy = average_worlds(
-        [run_world(100 * seed + i, 0.25, pairs, steps, prompts, n_max, ns) for i in range(worlds_noisy)]
-    )
+    noisy_worlds = [
+        run_world(100 * seed + i, 0.25, pairs, steps, prompts, n_max, ns, rl_steps, rl_groups)
+        for i in range(worlds_noisy)
+    ]
+    noisy = average_worlds(noisy_worlds)
     clean = average_worlds(
         [
             run_world(100 * seed + 50 + i, 0.0, pairs, steps, prompts, n_max, ns)
@@ -215,9 +414,27 @@ def run(fast: bool, seed: int, out: Path) -> ExperimentResult:
     s = {lab: summary(c, ns) for lab, c in cn.items()}
     sc = {lab: summary(c, ns) for lab, c in cc.items()}
     single, wco, uwo_, mean_ = s["single"], s["WCO (min)"], s["UWO (coef 1)"], s["mean"]
+    rl_curves: dict[str, dict[str, list[float]]] = noisy["rl"]  # type: ignore[assignment]
+    rl = {run: rl_summary(c) for run, c in rl_curves.items()}
+    rl_per_world = [
+        {run: rl_summary(c) for run, c in w["rl"].items()} for w in noisy_worlds  # type: ignore[attr-defined]
+    ]
+    b0, b1 = (f"{b:g}" for b in RL_BETAS)
+    r_single, r_wco, r_uwo = (rl[f"{lab}|{b0}"] for lab in ("single", "WCO (min)", "UWO (coef 1)"))
+    k_single, k_wco, k_uwo = (rl[f"{lab}|{b1}"] for lab in ("single", "WCO (min)", "UWO (coef 1)"))
+    r_mean, k_mean = rl[f"mean|{b0}"], rl[f"mean|{b1}"]
+    # "always": in every world, WCO and UWO fall less than the single RM and end above it
+    worlds_ok = sum(
+        all(
+            w[f"{lab}|{b0}"]["drop"] < w[f"single|{b0}"]["drop"]
+            and w[f"{lab}|{b0}"]["final"] > w[f"single|{b0}"]["final"]
+            for lab in ("WCO (min)", "UWO (coef 1)")
+        )
+        for w in rl_per_world
+    )
 
     # ------------------------------------------------------------------ figure
-    fig, axes = new_figure(3)
+    fig, axes = new_figure(3, 2)
     styles = {"single": ("-", "C3"), "mean": ("-", "C1"), "WCO (min)": ("-", "C0"),
               "UWO (coef 1)": ("-", "C2"), "mean - std": ("--", "C4"), "gold (oracle)": (":", "gray")}
     for ax, curves, title in (
@@ -236,7 +453,30 @@ def run(fast: bool, seed: int, out: Path) -> ExperimentResult:
     ax.plot(kls, cn["single"], color="C3", label="gold gain, single RM")
     ax.plot(kls, cn["WCO (min)"], color="C0", label="gold gain, WCO")
     ax.set_xlabel("KL_bon (nats)")
-    ax.set_title("single RM: proxy keeps rising, gold falls", fontsize=9)
+    ax.set_title("best-of-n, single RM: proxy keeps rising, gold falls", fontsize=9)
+    ax.legend(fontsize=7)
+    for ax, beta in ((axes[1, 0], b0), (axes[1, 2], b1)):
+        for lab in ("single", *(a[0] for a in AGGREGATIONS)):
+            curve = rl_curves[f"{lab}|{beta}"]
+            ax.plot(curve["kl"], curve["gold"], styles[lab][0], label=lab, color=styles[lab][1])
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_xlabel("KL(policy || base), Monte Carlo (nats)")
+        ax.set_ylabel("gold of the policy - base mean")
+        ax.set_title(f"RL (REINFORCE + rloo, {rl_steps} steps), KL penalty beta = {beta}", fontsize=9)
+        ax.legend(fontsize=6)
+    bottom = min(min(rl_curves[f"{lab}|{beta}"]["gold"]) for lab in ("WCO (min)", "single")
+                 for beta in (b0, b1))
+    for ax in (axes[1, 0], axes[1, 2]):
+        ax.set_ylim(max(bottom, -6.0) - 0.3, 3.2)  # the single RM's curve falls off-scale
+    ax = axes[1, 1]
+    curve = rl_curves[f"single|{b0}"]
+    ax.plot(curve["kl"], curve["proxy"], color="C7", label="proxy reward, single RM (member std)")
+    ax.plot(curve["kl"], curve["gold"], color="C3", label="gold gain, single RM")
+    ax.plot(rl_curves[f"WCO (min)|{b0}"]["kl"], rl_curves[f"WCO (min)|{b0}"]["gold"], color="C0",
+            label="gold gain, WCO")
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xlabel("KL(policy || base) (nats)")
+    ax.set_title(f"RL, beta = {b0}: single RM's proxy rises, gold falls", fontsize=9)
     ax.legend(fontsize=7)
     png = save_figure(fig, out / "ensemble-overoptimization.png")
 
@@ -320,6 +560,61 @@ def run(fast: bool, seed: int, out: Path) -> ExperimentResult:
             None,
             "the paper tunes lambda per setting; rewardlab's default uwo coef is 1.0",
         ),
+        Row(
+            f"RL, single proxy RM (mean over the {MEMBERS} members), beta = {b0}: gold gain at its "
+            "peak / at the end of training (KL to the base)",
+            f"{r_single['peak']:+.2f} (KL {r_single['peak_kl']:.1f}) / {r_single['final']:+.2f} "
+            f"(KL {r_single['final_kl']:.1f})",
+            "a single proxy RM overoptimizes under RL too: gold rises, then falls as KL grows "
+            "(the setting's premise, from Gao et al. 2023; the paper's PPO runs [digest, 2nd-hand])",
+            r_single["drop"] > 0.25 * abs(r_single["peak"]),
+            f"agree = drop > 25% of the peak; the policy's proxy reward keeps rising "
+            f"({r_single['proxy_start']:+.2f} -> {r_single['proxy_final']:+.2f} member std); its "
+            f"mean ends at |mu| = {r_single['mean_norm']:.1f} ({r_single['along_w']:.1f} along w; "
+            "the gold optimum is 5 along w, base samples mostly within |x| of about 3), where each "
+            "proxy extrapolates its own way",
+        ),
+        Row(
+            f"RL, beta = {b0}: drop of gold from its peak to the end, and final gold, for "
+            "single / mean / WCO / UWO",
+            f"drop {r_single['drop']:.2f} / {r_mean['drop']:.2f} / {r_wco['drop']:.2f} / "
+            f"{r_uwo['drop']:.2f}; final {r_single['final']:+.2f} / {r_mean['final']:+.2f} / "
+            f"{r_wco['final']:+.2f} / {r_uwo['final']:+.2f}",
+            "with PPO, conservative optimization always reduces overoptimization and beats a single "
+            "RM (the abstract as paraphrased by the project digest) [digest, 2nd-hand]",
+            worlds_ok == len(rl_per_world),
+            f"agree = in every world ({worlds_ok} of {len(rl_per_world)}) both WCO and UWO fall "
+            "less than the single RM and end above it; peaks (KL): WCO "
+            f"{r_wco['peak']:+.2f} ({r_wco['peak_kl']:.1f}), UWO {r_uwo['peak']:+.2f} "
+            f"({r_uwo['peak_kl']:.1f}), single {r_single['peak']:+.2f} "
+            f"({r_single['peak_kl']:.1f}): conservatism slows the fall, it does not raise the peak; "
+            "final gold per world: "
+            + "; ".join(
+                f"{short} " + ", ".join(f"{w[f'{lab}|{b0}']['final']:+.2f}" for w in rl_per_world)
+                for short, lab in (("single", "single"), ("WCO", "WCO (min)"), ("UWO", "UWO (coef 1)"))
+            )
+            + f"; |mu| at the end: single {r_single['mean_norm']:.1f}, WCO {r_wco['mean_norm']:.1f}, "
+            f"UWO {r_uwo['mean_norm']:.1f}",
+        ),
+        Row(
+            f"RL with a small KL penalty (beta = {b1}): drop of gold from its peak for single / mean "
+            f"/ WCO / UWO; final gold of WCO / UWO with vs without the penalty",
+            f"drop {k_single['drop']:.2f} / {k_mean['drop']:.2f} / {k_wco['drop']:.2f} / "
+            f"{k_uwo['drop']:.2f}; WCO {k_wco['final']:+.2f} vs {r_wco['final']:+.2f}, UWO "
+            f"{k_uwo['final']:+.2f} vs {r_uwo['final']:+.2f}",
+            "conservative optimization with a small KL penalty prevents overoptimization at no "
+            "cost (the abstract as paraphrased by the project digest) [digest, 2nd-hand]",
+            practically_none(
+                {"drop": k_wco["drop"], "peak": k_wco["peak"]}
+            ) and practically_none({"drop": k_uwo["drop"], "peak": k_uwo["peak"]})
+            and k_wco["final"] >= 0.95 * r_wco["final"] and k_uwo["final"] >= 0.95 * r_uwo["final"],
+            "agree = WCO and UWO drop ≤ 10% of their peak and end within 5% of (or above) their "
+            f"unpenalized final gold; KL at the end: WCO {k_wco['final_kl']:.1f}, UWO "
+            f"{k_uwo['final_kl']:.1f}, single {k_single['final_kl']:.1f} nats; against the "
+            f"unpenalized runs' peaks (kept only by early stopping): WCO {r_wco['peak']:+.2f}, UWO "
+            f"{r_uwo['peak']:+.2f}; the penalty alone does not save the single RM (final "
+            f"{k_single['final']:+.2f})",
+        ),
     ]
     setup = (
         f"Responses are points x in R^{DIM} from a base policy (95% N(0, I), 5% N(0, "
@@ -329,12 +624,22 @@ def run(fast: bool, seed: int, out: Path) -> ExperimentResult:
         f"rewardlab's `bradley_terry` loss; member rewards standardized. Best-of-n with n up to "
         f"{n_max} from one pool of {n_max} samples per prompt, {prompts} prompts per world, "
         f"{worlds_noisy} worlds with 25% noise and {worlds_clean} without; aggregations from the "
-        "registered `ensemble_aggregation` axis (mean, min, uwo, mean_minus_std). Gold is the gain "
-        "over the base policy's mean (gold units)."
+        "registered `ensemble_aggregation` axis (mean, min, uwo, mean_minus_std). RL, in each noisy "
+        "world: a policy of the base policy's form (two-component Gaussian mixture: shared "
+        "learnable mean, learnable per-dimension log-stds, learnable mixture weight), initialized "
+        f"at the base policy (the reference), {rl_steps} steps of REINFORCE with Adam (lr "
+        f"{RL_LR:g}), {rl_groups} groups of {RL_GROUP} samples per step, the registered `rloo` "
+        "advantage and `pg` loss, against each single member and each aggregation; reward = "
+        "aggregated standardized proxy - beta * k1 (registered `k1`, log pi - log pi_base, as "
+        f"RLHF's PPO puts its KL penalty in the reward), beta = {b0} and {b1}. Gold under the "
+        "policy is exact; KL(pi || pi_base) is a Monte Carlo mean of k1 over "
+        f"{RL_EVAL_SAMPLES} fresh samples every {RL_EVAL_EVERY} steps. Gold is the gain over the "
+        "base policy's mean (gold units)."
     )
     return ExperimentResult(
         name="ensemble-overoptimization",
-        title="Conservative reward-model ensembles (WCO, UWO) against best-of-n overoptimization",
+        title="Conservative reward-model ensembles (WCO, UWO) against overoptimization in best-of-n "
+        "and RL",
         paper="Reward Model Ensembles Help Mitigate Overoptimization",
         arxiv="2310.02743",
         rows=rows,
@@ -347,5 +652,8 @@ def run(fast: bool, seed: int, out: Path) -> ExperimentResult:
             "clean": clean,
             "summary": s,
             "summary_clean": sc,
+            "rl": rl,
+            "rl_curves": rl_curves,
+            "rl_worlds_ok": worlds_ok,
         },
     )
