@@ -28,14 +28,14 @@ SEED = 0
 
 @dataclass(frozen=True)
 class Case:
-    kind: str  # grpo | dpo
+    kind: str  # grpo | dpo | rm
     model: str  # a rewardlab model name
     prompts_per_step: int = 2
     generations: int = 4
     new_tokens: int = 32
     beta: float = 0.0  # GRPO: KL coefficient (0: no reference model); DPO: beta
-    batch: int = 8  # DPO: pairs per step
-    max_length: int = 128  # DPO
+    batch: int = 8  # DPO, RM: pairs per step
+    max_length: int = 128  # DPO, RM
 
 
 CASES: dict[str, Case] = {
@@ -44,6 +44,7 @@ CASES: dict[str, Case] = {
     "grpo-smollm2": Case("grpo", "smollm2-135m", prompts_per_step=1, generations=8),
     "dpo-tiny": Case("dpo", "builtin:tiny", beta=0.1),
     "dpo-smollm2": Case("dpo", "smollm2-135m", beta=0.1),
+    "rm-tiny": Case("rm", "builtin:tiny"),
 }
 
 
@@ -93,10 +94,7 @@ def pairs(n: int) -> list[dict[str, str]]:
 
 
 def run_rewardlab(case: Case, steps: int, out: Measurement, work: Path) -> None:
-    if case.kind == "grpo":
-        _rewardlab_grpo(case, steps, out, work)
-    else:
-        _rewardlab_dpo(case, steps, out, work)
+    {"grpo": _rewardlab_grpo, "dpo": _rewardlab_dpo, "rm": _rewardlab_rm}[case.kind](case, steps, out, work)
 
 
 def _rewardlab_grpo(case: Case, steps: int, out: Measurement, work: Path) -> None:
@@ -152,6 +150,31 @@ def _rewardlab_dpo(case: Case, steps: int, out: Measurement, work: Path) -> None
     train_preference(config, on_step=on_step)
 
 
+def _rewardlab_rm(case: Case, steps: int, out: Measurement, work: Path) -> None:
+    """A Bradley-Terry reward model (``rewardlab rm train``): the backbone with a scalar head on
+    the last real token, the same pairs and optimizer as TRL's ``RewardTrainer`` below."""
+    from rewardlab.config import parse_config
+    from rewardlab.reward_models.config import RewardModelConfig
+    from rewardlab.reward_models.trainer import train_reward_model
+
+    data = work / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in pairs(case.batch * steps)))
+    config = parse_config(RewardModelConfig, {
+        "seed": SEED, "run_dir": str(work / "run"),
+        "model": {"name": model_folder(case.model), "max_length": case.max_length},
+        "data": {"path": str(data), "heldout_size": 1},
+        "train": {"epochs": 1, "batch_size": case.batch, "micro_batch_size": case.batch,
+                  "optim": {"lr": LR, "warmup_steps": 0}},
+    })
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        if "loss" in metrics:
+            out.step_ends.append(time.perf_counter())
+
+    out.started = time.perf_counter()
+    train_reward_model(config, on_step=on_step)
+
+
 # --------------------------------------------------------------------------- TRL
 
 
@@ -162,10 +185,7 @@ def run_trl(case: Case, steps: int, out: Measurement, work: Path) -> None:
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             out.step_ends.append(time.perf_counter())
 
-    if case.kind == "grpo":
-        _trl_grpo(case, steps, out, work, StepTimes())
-    else:
-        _trl_dpo(case, steps, out, work, StepTimes())
+    {"grpo": _trl_grpo, "dpo": _trl_dpo, "rm": _trl_rm}[case.kind](case, steps, out, work, StepTimes())
 
 
 def _common_args(case: Case, steps: int, work: Path) -> dict[str, Any]:
@@ -214,6 +234,21 @@ def _trl_dpo(case: Case, steps: int, out: Measurement, work: Path, callback: Any
     )
     dataset = Dataset.from_list(pairs(case.batch * steps))
     trainer = DPOTrainer(model=model_folder(case.model), args=args, train_dataset=dataset)
+    trainer.add_callback(callback)
+    out.started = time.perf_counter()
+    trainer.train()
+
+
+def _trl_rm(case: Case, steps: int, out: Measurement, work: Path, callback: Any) -> None:
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    args = RewardConfig(
+        **_common_args(case, steps, work),
+        per_device_train_batch_size=case.batch, gradient_accumulation_steps=1, max_length=case.max_length,
+    )
+    dataset = Dataset.from_list(pairs(case.batch * steps))
+    trainer = RewardTrainer(model=model_folder(case.model), args=args, train_dataset=dataset)
     trainer.add_callback(callback)
     out.started = time.perf_counter()
     trainer.train()
