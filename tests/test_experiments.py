@@ -8,27 +8,13 @@ from pathlib import Path
 
 import pytest
 import typer
+from experiment_checks import run_fast
 from typer.testing import CliRunner
 
 from rewardlab.errors import RewardlabError
-from rewardlab.experiments import EXPERIMENTS, ExperimentResult, Row, get
+from rewardlab.experiments import EXPERIMENTS, Row, get
 from rewardlab.experiments.cli import experiment_command
-from rewardlab.experiments.report import MAX_PNG_KB, markdown_table
-
-
-def run_fast(name: str, out: Path) -> ExperimentResult:
-    result = get(name).run(fast=True, seed=0, out=out)
-    md = out / "result.md"
-    png = out / f"{name}.png"
-    assert md in result.files and png in result.files
-    text = md.read_text()
-    assert "| metric | ours | paper's claim | agree | note |" in text
-    assert f"]({name}.png)" in text
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert png.stat().st_size < MAX_PNG_KB * 1024
-    assert result.rows and all(r.agree in (True, False, None) for r in result.rows)
-    assert all(r.claim for r in result.rows)
-    return result
+from rewardlab.experiments.report import markdown_table
 
 
 def test_registry_names() -> None:

@@ -7,22 +7,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from rewardlab.experiments import EXPERIMENTS, ExperimentResult, get
-from rewardlab.experiments.report import MAX_PNG_KB
+from experiment_checks import run_fast
 
-
-def run_fast(name: str, out: Path) -> ExperimentResult:
-    result = get(name).run(fast=True, seed=0, out=out)
-    md, png = out / "result.md", out / f"{name}.png"
-    assert md in result.files and png in result.files
-    text = md.read_text()
-    assert "| metric | ours | paper's claim | agree | note |" in text
-    assert f"]({name}.png)" in text
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert png.stat().st_size < MAX_PNG_KB * 1024
-    assert result.rows and all(r.agree in (True, False, None) for r in result.rows)
-    assert all(r.claim for r in result.rows)
-    return result
+from rewardlab.experiments import EXPERIMENTS
 
 
 def test_registered() -> None:

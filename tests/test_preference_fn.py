@@ -227,11 +227,11 @@ def test_spo_comparing_exact_match_hard_and_bradley_terry() -> None:
     completions = ["4", "5", " 4 ", "7", "x", "y"]
     hard_args = {"reward": {"name": "exact_match"}}
     hard = build_reward_sources([RewardSpec(name="spo", args=hard_args)], None)
-    scores = score(SimpleNamespace(), rows, completions, hard, 3)  # type: ignore[arg-type]
+    scores = score(SimpleNamespace(scores=None), rows, completions, hard, 3)  # type: ignore[arg-type]
     assert scores["spo"].tolist() == [0.75, 0.0, 0.75, 1.0, 0.25, 0.25]
     soft_args = {"reward": {"name": "exact_match"}, "temperature": 0.5}
     soft = build_reward_sources([RewardSpec(name="spo", args=soft_args)], None)
-    scores = score(SimpleNamespace(), rows, completions, soft, 3)  # type: ignore[arg-type]
+    scores = score(SimpleNamespace(scores=None), rows, completions, soft, 3)  # type: ignore[arg-type]
     win = 1 / (1 + math.exp(-2.0))  # sigmoid((1 - 0) / 0.5)
     right = (win + 0.5) / 2  # a right answer: beats the wrong one, ties the other right one
     wrong = (1 - win + 0.5) / 2  # a wrong answer: loses to the right one, ties the other
@@ -249,7 +249,7 @@ def test_a_judge_error_inside_spo_reaches_the_user() -> None:
     source = _spo({"function": "judges:misbehaving", "args": {"mode": "too_big"}})
     rows = [{"prompt": "p"}]
     with pytest.raises(RewardlabError, match=r"judge 'judges:misbehaving' returned 1\.5 for row 0"):
-        score(SimpleNamespace(), rows, ["bad", "ok"], [source], 2)  # type: ignore[arg-type]
+        score(SimpleNamespace(scores=None), rows, ["bad", "ok"], [source], 2)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -302,6 +302,6 @@ def test_a_grpo_run_trains_on_the_spo_reward(tmp_path: Path) -> None:
 def test_spo_reports_the_compared_rewards_fallback_rows() -> None:
     source = _spo({"reward": {"name": "judges:flaky_reward", "on_error": "fallback"}})
     rows = [{"prompt": "p", "answer": "a"}]
-    scores = score(SimpleNamespace(), rows, ["?", "a"], [source], 2)  # type: ignore[arg-type]
+    scores = score(SimpleNamespace(scores=None), rows, ["?", "a"], [source], 2)  # type: ignore[arg-type]
     assert scores["spo"].tolist() == [0.0, 1.0]  # the NaN row fell back to 0
     assert drain_failure_counts([source]) == {"failures/spo/not_finite": 1.0}

@@ -11,7 +11,6 @@ the trainer process, where its state lives.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import torch
@@ -19,7 +18,7 @@ import torch
 from rewardlab.batch import RolloutBatch
 from rewardlab.config import RunConfig
 from rewardlab.data.tasks import Task
-from rewardlab.rewards import RewardSource, build_reward_sources, score_rows
+from rewardlab.rewards import RewardSource, build_reward_sources, drain_source_failures, score_rows
 
 
 def is_remote_capable(source: RewardSource) -> bool:
@@ -44,13 +43,4 @@ class RewardWorker:
         batch, _ = generated
         completions = self.tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
         scores = score_rows(self.sources, rows, completions, n)
-        return scores, {s.name: _drain(s) for s in self.sources}
-
-
-def _drain(source: RewardSource) -> dict[str, int]:
-    counts: Counter[str] = Counter()
-    for failures in (getattr(source.fn, "failures", None), source.failures):
-        if isinstance(failures, Counter):
-            counts.update(failures)
-            failures.clear()
-    return dict(counts)
+        return scores, {s.name: dict(drain_source_failures(s)) for s in self.sources}

@@ -61,7 +61,8 @@ class RolloutWorker:
 
 def trainable_weights(policy: Any) -> dict[str, torch.Tensor]:
     """What an update can change: the trainable parameters (the adapter under LoRA)."""
-    return {name: p.detach().clone() for name, p in policy.named_parameters() if p.requires_grad}
+    # no clone: ray.put copies the tensors into the object store as it is called
+    return {name: p.detach() for name, p in policy.named_parameters() if p.requires_grad}
 
 
 @dataclass

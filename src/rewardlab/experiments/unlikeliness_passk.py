@@ -57,8 +57,8 @@ from rewardlab.experiments.rl_loop import (
     warm_start,
     write_jsonl,
 )
+from rewardlab.models.logprobs import batch_logprobs_and_entropy
 from rewardlab.trainers.evaluate import pass_at_k
-from rewardlab.trainers.learner import logprobs_and_entropy
 
 ANSWERS = "abcdef"
 MIXTURE = (0.50, 0.25, 0.12, 0.07, 0.04, 0.02)
@@ -131,7 +131,7 @@ def rank_bias(step: int, batch: RolloutBatch, loop: Loop, _: object) -> dict[str
     centred within the group, pooled over the batch)."""
     assert batch.old_logp is not None
     config = loop.config
-    new, _ = logprobs_and_entropy(loop.policy, batch, config.rollout.temperature, 256)
+    new, _ = batch_logprobs_and_entropy(loop.policy, batch, config.rollout.temperature, 256)
     mask = batch.completion_mask.float()
     likely = (batch.old_logp * mask).sum(-1) / mask.sum(-1)
     gain = ((new - batch.old_logp) * mask).sum(-1)

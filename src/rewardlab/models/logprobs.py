@@ -203,7 +203,7 @@ def batch_logprobs_and_entropy(
     model: Any, batch: RolloutBatch, temperature: float, micro_batch: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Completion log-probs and per-token entropy [B, T] in micro-batches, no gradient, through
-    the chunked path (what ``learner.logprobs_and_entropy`` computes from full logits)."""
+    the chunked path: the old and reference passes of the RL trainer."""
     logps, entropies = [], []
     for start in range(0, batch.size, micro_batch):
         part = batch.select(torch.arange(start, min(start + micro_batch, batch.size)))

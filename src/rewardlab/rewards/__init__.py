@@ -26,6 +26,7 @@ from rewardlab.rewards.preference_fn import (
 )
 from rewardlab.rewards.scoring import (
     drain_failure_counts,
+    drain_source_failures,
     drain_source_metrics,
     score_completions,
     score_rows,
@@ -40,6 +41,7 @@ __all__ = [
     "build_reward_sources",
     "combine_rewards",
     "drain_failure_counts",
+    "drain_source_failures",
     "drain_source_metrics",
     "group_win_matrix",
     "reward_metrics",

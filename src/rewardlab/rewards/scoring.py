@@ -229,13 +229,20 @@ def drain_failure_counts(sources: Sequence[RewardSource]) -> dict[str, float]:
     at zero."""
     out: dict[str, float] = {}
     for source in sources:
-        for failures in (getattr(source.fn, "failures", None), source.failures):
-            if isinstance(failures, Counter):
-                for reason, count in failures.items():
-                    key = f"failures/{source.name}/{reason}"
-                    out[key] = out.get(key, 0.0) + float(count)
-                failures.clear()
+        for reason, count in drain_source_failures(source).items():
+            out[f"failures/{source.name}/{reason}"] = float(count)
     return out
+
+
+def drain_source_failures(source: RewardSource) -> Counter[str]:
+    """One source's failure counts since the last call (its reward's own counter and the
+    ``on_error: fallback`` one, added up), both counters restarting at zero."""
+    total: Counter[str] = Counter()
+    for failures in (getattr(source.fn, "failures", None), source.failures):
+        if isinstance(failures, Counter):
+            total.update(failures)
+            failures.clear()
+    return total
 
 
 def drain_source_metrics(sources: Sequence[RewardSource]) -> dict[str, float]:

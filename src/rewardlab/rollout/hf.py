@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,21 +58,34 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], params: SamplingPar
     return generate_from_ids(model, tokenizer, prompt_ids, prompt_mask, params)
 
 
+# (model, prompt ids, prompt mask, params, tokenizer) -> (sequences, per-step scores or None):
+# how a batch of already repeated prompts is decoded.
+Decoder = Callable[
+    [Any, torch.Tensor, torch.Tensor, SamplingParams, Any], tuple[torch.Tensor, Sequence[torch.Tensor] | None]
+]
+
+
 @torch.no_grad()
 def generate_from_ids(
-    model: Any, tokenizer: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams
+    model: Any,
+    tokenizer: Any,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    params: SamplingParams,
+    decode: Decoder | None = None,
 ) -> RolloutBatch:
-    """``generate`` on prompts already tokenized and left-padded (multi-turn histories)."""
+    """``generate`` on prompts already tokenized and left-padded (multi-turn histories).
+    ``decode`` replaces the decoding itself (per-prompt seeded sampling, ``rollout/seeded.py``);
+    by default the lean loop, or ``model.generate`` where the loop does not apply."""
     n_prompts = prompt_ids.shape[0]
     prompt_ids = prompt_ids.repeat_interleave(params.n, 0)
     prompt_mask = prompt_mask.repeat_interleave(params.n, 0)
+    if decode is None:
+        decode = _lean_decode if lean_decode_applies(model) else _hf_generate
     was_training = model.training
     model.eval()
     try:
-        if lean_decode_applies(model):
-            sequences, scores = _lean_decode(model, prompt_ids, prompt_mask, params, tokenizer)
-        else:
-            sequences, scores = _hf_generate(model, prompt_ids, prompt_mask, params, tokenizer)
+        sequences, scores = decode(model, prompt_ids, prompt_mask, params, tokenizer)
     finally:
         model.train(was_training)
     completion_ids = sequences[:, prompt_ids.shape[1] :]
@@ -81,6 +94,7 @@ def generate_from_ids(
     group = torch.arange(n_prompts).repeat_interleave(params.n)
     batch = RolloutBatch(prompt_ids, prompt_mask, completion_ids, mask, group, truncated)
     if params.logprobs:
+        assert scores is not None
         batch.sampling_logp = _sampled_logprobs(scores, completion_ids, mask)
     return batch
 
@@ -130,7 +144,7 @@ def _hf_generate(
     return out.sequences, out.scores if params.logprobs else None
 
 
-def _top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     """HF's ``TopPLogitsWarper`` op for op (sort ascending, drop the tail whose cumulative mass
     is at most 1 - top_p, keep the most likely token), so the filtered scores are bitwise equal."""
     sorted_logits, sorted_indices = torch.sort(scores, descending=False)
@@ -198,7 +212,7 @@ def _lean_decode(
         if temperature is not None:
             scores = scores / temperature
         if top_p is not None:
-            scores = _top_p_filter(scores, top_p)
+            scores = top_p_filter(scores, top_p)
         if scores_kept is not None:
             scores_kept.append(scores)
         if sample:

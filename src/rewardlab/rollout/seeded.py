@@ -12,53 +12,46 @@ an exact near-tie.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from rewardlab.batch import RolloutBatch
-from rewardlab.rollout.hf import SamplingParams, completion_mask, tokenize_prompts
+from rewardlab.rollout.hf import (
+    SamplingParams,
+    generate,
+    generate_from_ids,
+    tokenize_prompts,
+    top_p_filter,
+)
 
 
 class _GumbelSampler(LogitsProcessor):
     """Temperature, top-p, then per-row Gumbel noise; ``generate`` in greedy mode takes the
-    argmax of what this returns, which is then a sample. Keeps each step's log-probs (before
-    the noise) so the engine can report the sampling distribution's log-probs."""
+    argmax of what this returns, which is then a sample. Keeps each step's scores (before the
+    noise) so the engine can report the sampling distribution's log-probs."""
 
     def __init__(self, generators: list[torch.Generator], temperature: float, top_p: float, keep: bool):
         self.generators = generators
         self.temperature = temperature
         self.top_p = top_p
-        self.keep = keep
-        self.logps: list[torch.Tensor] = []
+        self.kept: list[torch.Tensor] | None = [] if keep else None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         logits = scores.float() / self.temperature
         if self.top_p < 1.0:
-            logits = nucleus(logits, self.top_p)
-        logp = torch.log_softmax(logits, dim=-1)
-        if self.keep:
-            self.logps.append(logp)
-        noise = torch.stack([gumbel(logp.shape[-1], g) for g in self.generators])
-        return logp + noise
+            logits = top_p_filter(logits, self.top_p)
+        if self.kept is not None:
+            self.kept.append(logits)
+        noise = torch.stack([gumbel(logits.shape[-1], g) for g in self.generators])
+        return torch.log_softmax(logits, dim=-1) + noise
 
 
 def gumbel(size: int, generator: torch.Generator) -> torch.Tensor:
     """Standard Gumbel noise, -log(E) with E ~ Exp(1)."""
     return -torch.empty(size).exponential_(generator=generator).log()
-
-
-def nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose mass reaches ``top_p`` (the rule of
-    HF's top-p warper: drop tokens whose cumulative mass, counted from the least likely, is at
-    most 1 - top_p; the most likely token always stays)."""
-    sorted_logits, order = torch.sort(logits, descending=False, dim=-1)
-    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    drop_sorted = cumulative <= (1 - top_p)
-    drop_sorted[..., -1] = False
-    drop = drop_sorted.scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
 
 
 def row_seed(prompt_seed: int, completion: int) -> int:
@@ -73,43 +66,38 @@ def generate_seeded(
     """``params.n`` completions per prompt as ``hf.generate`` returns them, each completion
     drawn with its own generator (``seeds``: one per prompt). Greedy decoding needs no seed
     and goes through the plain path."""
-    from rewardlab.rollout.hf import generate
-
     if params.greedy:
         return generate(model, tokenizer, prompts, params)
     if len(seeds) != len(prompts):
         raise ValueError(f"generate_seeded: {len(seeds)} seeds for {len(prompts)} prompts")
-    prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts)
-    prompt_ids = prompt_ids.repeat_interleave(params.n, 0)
-    prompt_mask = prompt_mask.repeat_interleave(params.n, 0)
     generators = [torch.Generator().manual_seed(row_seed(s, j)) for s in seeds for j in range(params.n)]
+    prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts)
+    return generate_from_ids(model, tokenizer, prompt_ids, prompt_mask, params, partial(_decode, generators=generators))
+
+
+def _decode(
+    model: Any,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    params: SamplingParams,
+    tokenizer: Any,
+    generators: list[torch.Generator],
+) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """HF ``generate`` in greedy mode over the Gumbel-perturbed scores: one draw per row from
+    that row's own generator."""
     sampler = _GumbelSampler(generators, params.temperature, params.top_p, params.logprobs)
-    was_training = model.training
-    model.eval()
-    try:
-        out = model.generate(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            max_new_tokens=params.max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            do_sample=False,
-            # the model's own sampling defaults must not act on top of the sampler
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            logits_processor=LogitsProcessorList([sampler]),
-            return_dict_in_generate=True,
-        )
-    finally:
-        model.train(was_training)
-    completion_ids = out.sequences[:, prompt_ids.shape[1] :]
-    mask, truncated = completion_mask(completion_ids, tokenizer.eos_token_id)
-    completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
-    group = torch.arange(len(prompts)).repeat_interleave(params.n)
-    batch = RolloutBatch(prompt_ids, prompt_mask, completion_ids, mask, group, truncated)
-    if params.logprobs:
-        logp = torch.stack(sampler.logps, dim=1)
-        picked = logp.gather(-1, completion_ids[:, : logp.shape[1], None]).squeeze(-1)
-        batch.sampling_logp = torch.where(mask.bool(), picked, torch.zeros_like(picked))
-    return batch
+    out = model.generate(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        max_new_tokens=params.max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        do_sample=False,
+        # the model's own sampling defaults must not act on top of the sampler
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        logits_processor=LogitsProcessorList([sampler]),
+        return_dict_in_generate=True,
+    )
+    return out.sequences, sampler.kept

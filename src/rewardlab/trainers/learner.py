@@ -77,18 +77,6 @@ def reference_mode(reference: Any) -> Iterator[Any]:
         yield reference
 
 
-@torch.no_grad()
-def logprobs_and_entropy(
-    model: Any, batch: RolloutBatch, temperature: float, micro_batch: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Completion log-probs and per-token entropy [B, T] in micro-batches, no gradient."""
-    logps, entropies = [], []
-    for index in _plain_slices(batch.size, micro_batch):
-        part = batch.select(index)
-        logits = forward_completion_logits(model, part, temperature)
-        logps.append(token_logprobs(logits, part.completion_ids))
-        entropies.append(token_entropy(logits))
-    return torch.cat(logps), torch.cat(entropies)
 
 
 @torch.no_grad()

@@ -40,6 +40,7 @@ from rewardlab.data.prompts import PromptSource, Row, prompt_source
 from rewardlab.data.tasks import Task
 from rewardlab.errors import LearnerLost, RewardlabError, StopRequested
 from rewardlab.models.loading import export_model, load_policy
+from rewardlab.models.logprobs import batch_logprobs_and_entropy
 from rewardlab.registry import Entry
 from rewardlab.rewards import (
     RewardSource,
@@ -73,7 +74,6 @@ from rewardlab.trainers.learner import (
     Critic,
     critic_values,
     is_on_policy,
-    logprobs_and_entropy,
     make_critic,
     make_reference,
     reference_mode,
@@ -432,7 +432,7 @@ def score(
     """Score every completion (``batch``'s rows, decoded) with every reward source; sets
     ``batch.scores`` and ``batch.rewards`` (weighted). Scores the rollout engine already made
     (Ray reward workers) are kept; the other sources score here."""
-    done = getattr(batch, "scores", None) or {}  # (callers may pass a bare namespace)
+    done = batch.scores or {}
     fresh = score_rows([s for s in sources if s.name not in done], rows, completions, n)
     scores = {s.name: done[s.name] if s.name in done else fresh[s.name] for s in sources}
     batch.scores = scores
@@ -507,7 +507,7 @@ def collect(
         if _needs(config, "baseline_rewards"):
             part.baseline_rewards = greedy_baseline(policy, tokenizer, rows, sources, config)
         if _needs(config, "old_logp") or _needs(config, "entropy"):
-            part.old_logp, part.entropy = logprobs_and_entropy(
+            part.old_logp, part.entropy = batch_logprobs_and_entropy(
                 policy, part, config.rollout.temperature, config.train.micro_batch_size
             )
         part.rewards = transform_rewards(part, config)
@@ -653,14 +653,14 @@ def prepare(
         or algo.correction is not None
     )
     if batch.old_logp is None and need_old:
-        batch.old_logp, batch.entropy = logprobs_and_entropy(policy, batch, temperature, micro)
+        batch.old_logp, batch.entropy = batch_logprobs_and_entropy(policy, batch, temperature, micro)
     # The tokens the policy produced: all completion tokens, or an agent's own turns.
     own = batch.loss_mask if batch.loss_mask is not None else batch.completion_mask
     mask = own.float()
     kl_tokens = None
     if reference is not None:
         with reference_mode(reference) as ref:
-            batch.ref_logp, _ = logprobs_and_entropy(ref, batch, temperature, micro)
+            batch.ref_logp, _ = batch_logprobs_and_entropy(ref, batch, temperature, micro)
         if batch.old_logp is not None:
             kl_fields = {"logp": batch.old_logp, "ref_logp": batch.ref_logp}
             kl_tokens = KL_ESTIMATORS.call(algo.kl.name, kl_fields, {}) * mask

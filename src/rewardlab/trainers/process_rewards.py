@@ -23,9 +23,13 @@ from rewardlab.batch import RolloutBatch
 from rewardlab.config import ModelConfig, RunConfig
 from rewardlab.errors import RewardlabError
 from rewardlab.models.loading import load_policy
-from rewardlab.models.logprobs import forward_completion_logits, token_logprobs
+from rewardlab.models.logprobs import (
+    batch_logprobs_and_entropy,
+    forward_completion_logits,
+    token_logprobs,
+)
 from rewardlab.trainers.common import clip_and_step
-from rewardlab.trainers.learner import logprobs_and_entropy, reference_mode
+from rewardlab.trainers.learner import reference_mode
 
 
 @dataclass
@@ -84,7 +88,7 @@ def process_token_rewards(
     mask = batch.completion_mask.float()
     micro = config.train.micro_batch_size
     with reference_mode(reference) as ref:
-        ref_logp, _ = logprobs_and_entropy(ref, batch, 1.0, micro)
+        ref_logp, _ = batch_logprobs_and_entropy(ref, batch, 1.0, micro)
     labels = batch.rewards.float().clamp(0.0, 1.0)
     logps, loss_total = [], 0.0
     for start in range(0, batch.size, micro):
