@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         phases.wrap(owner, "generate_from_ids", "generate", generated_tokens)
         phases.wrap(owner, "generate_seeded", "generate", generated_tokens)
     phases.wrap(online, "score", "reward")
-    phases.wrap(online, "logprobs_and_entropy", "old/ref logprobs", forward_flops)
+    phases.wrap(online, "batch_logprobs_and_entropy", "old/ref logprobs", forward_flops)
     phases.wrap(learner, "micro_batch_loss", "train forward+loss", train_flops)
     phases.wrap(torch.Tensor, "backward", "backward")
     phases.wrap(learner, "clip_and_step", "optimizer")
