@@ -627,3 +627,36 @@ def test_heldout_rows_never_appear_in_training(name: str) -> None:
     train = [task.train_problem(i, seed=s) for s in (0, 1) for i in range(500)]
     assert not any(task.is_heldout(p) for p in train)
     assert not {(p.prompt, p.answer) for p in heldout} & {(p.prompt, p.answer) for p in train}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_random_actions_are_valid_and_vary(name: str) -> None:
+    """A careless demonstrator's turns are executable moves that differ from the expert's."""
+    task = ENVIRONMENTS[name].task()
+    rng = random.Random(0)
+    differs = 0
+    for i in range(40):
+        env = _env(name)
+        env.reset(task.train_problem(i, seed=3).row())
+        action = env.random_action(rng)
+        differs += action != env.expert_action()
+        assert env.step(action).info["valid"] is True, f"row {i}: {action!r}"
+    assert differs >= 10
+
+
+def test_guess_number_random_action_stays_within_the_feedback() -> None:
+    env = GuessNumberEnv()
+    env.reset({"answer": json.dumps({"secret": 11, "high": 16})})
+    env.step("8")  # higher: 9..16
+    env.step("13")  # lower: 9..12
+    rng = random.Random(0)
+    assert {int(env.random_action(rng)) for _ in range(200)} == {9, 10, 11, 12}
+
+
+def test_calculator_random_action_answers_an_operand_without_the_tool() -> None:
+    env = CalculatorEnv()
+    env.reset({"prompt": "Ann has 23 apples and gets 45 more.", "answer": '{"expr":"23+45","value":68}'})
+    rng = random.Random(0)
+    assert {env.random_action(rng) for _ in range(50)} == {"23", "45"}
+    result = env.step("45")  # a final answer: the episode ends unsolved
+    assert result.done and result.reward == 0.0 and result.info["success"] is False

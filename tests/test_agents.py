@@ -285,3 +285,50 @@ def test_a_one_turn_agent_run_is_the_single_turn_trainer(tmp_path: Any) -> None:
         for name in ("reward", "loss", "grad_norm", "entropy"):
             assert y[name] == pytest.approx(x[name], rel=1e-5, abs=1e-7), (x["step"], name)
     assert any(x["grad_norm"] > 0 for x in a)  # the comparison covers real updates
+
+
+# --------------------------------------------------------------------------- imperfect demonstrations
+
+
+def test_demo_noise_mixes_random_turns_into_the_experts_at_its_rate(tiny: tuple[Any, Any]) -> None:
+    import random
+
+    _, tok = tiny
+    config = agent("guess_number", max_turns=5, demo_noise=0.5)
+    make = environment_factory(config)
+    expert_turns = careless = 0
+    for i, row in enumerate(rows("guess_number", 60)):
+        episode = demonstration(row, make, Conversation(tok, True), config, random.Random(i))
+        replay = make()
+        replay.reset(row)
+        for action in episode.actions():  # each turn is the expert's or a still-possible guess
+            expert = replay.expert_action()
+            expert_turns += action == expert
+            careless += action != expert
+            assert replay.step(action).info["valid"] is True
+    share = careless / (careless + expert_turns)
+    assert 0.25 < share < 0.55  # half the turns are random; a random guess can hit the middle
+    clean = agent("guess_number", max_turns=5)
+    row = rows("guess_number", 1)[0]
+    plain = demonstration(row, make, Conversation(tok, True), clean, random.Random(0))
+    assert plain.actions() == demonstration(row, make, Conversation(tok, True), clean).actions()
+
+
+def test_demo_noise_without_a_random_action_is_one_message(tiny: tuple[Any, Any]) -> None:
+    import random
+
+    _, tok = tiny
+
+    class NoRandom(Environment):
+        def reset(self, row: dict[str, Any]) -> str:
+            return "go"
+
+        def step(self, action: str) -> StepResult:
+            return StepResult("", 1.0, True)
+
+        def expert_action(self) -> str:
+            return "x"
+
+    config = agent("guess_number", demo_noise=1.0)
+    with pytest.raises(ConfigError, match="demo_noise: environment 'guess_number' has no random_action"):
+        demonstration({"prompt": "p"}, NoRandom, Conversation(tok, True), config, random.Random(0))

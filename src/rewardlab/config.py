@@ -420,6 +420,13 @@ class AgentConfig(Section):
     max_workers: int = Field(8, ge=1, description="environment steps run at once")
     error_reward: float = Field(0.0, description="reward of the turn whose environment raised or timed out")
     chat_template: bool = Field(True, description="render the conversation with the tokenizer's chat template (if it has one)")
+    demo_noise: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="SFT warm start: the share of demonstration turns where the expert acts at random "
+        "(the environment's random_action) instead: an imperfect demonstrator leaves RL something to improve",
+    )
     credit: NamedChoice = Field(
         default_factory=lambda: NamedChoice(name="trajectory"),
         description="turn-level credit assignment: a turn_credit entry",

@@ -13,6 +13,7 @@ resumed run must replay the same episodes.
 
 from __future__ import annotations
 
+import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,11 @@ class Environment(ABC):
     def expert_action(self) -> str:
         """A good next action in the current state, for SFT warm-start demonstrations."""
         raise NotImplementedError(f"{type(self).__name__} has no expert")
+
+    def random_action(self, rng: random.Random) -> str:
+        """An action drawn at random among the sensible ones in the current state, for
+        imperfect demonstrations (``agent.demo_noise``): what a careless demonstrator does."""
+        raise NotImplementedError(f"{type(self).__name__} has no random_action")
 
     def answer_text(self) -> str | None:
         """The text of a correct final turn, if the episode has one (IGPO's information gain

@@ -14,6 +14,7 @@ raises or hangs ends its episode with an error (counted and logged), never the r
 from __future__ import annotations
 
 import importlib
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -291,18 +292,38 @@ def episode_token_limit(policy: Any, config: AgentConfig) -> int:
 
 
 def demonstration(
-    row: Row, make_env: Callable[[], Environment], convo: Conversation, config: AgentConfig
+    row: Row,
+    make_env: Callable[[], Environment],
+    convo: Conversation,
+    config: AgentConfig,
+    rng: random.Random | None = None,
 ) -> Episode:
-    """The environment's expert playing one episode (an SFT warm-start example)."""
+    """The environment's expert playing one episode (an SFT warm-start example). With ``rng``
+    and ``agent.demo_noise`` > 0, each turn is instead the environment's random action with
+    that probability."""
     (episode,) = start_episodes([row], 1, make_env, convo, config)
     for turn in range(config.max_turns):
         if episode.finished:
             break
-        text = episode.env.expert_action()
+        if rng is not None and rng.random() < config.demo_noise:
+            text = careless_action(episode.env, rng, config)
+        else:
+            text = episode.env.expert_action()
         play_turn([episode], [(convo.action_ids(text), text)], turn, convo, config)
     if episode.error is not None:
         raise ConfigError(f"agent.env: the expert of '{config.env}' failed on row {row!r}: {episode.error}")
     return episode
+
+
+def careless_action(env: Environment, rng: random.Random, config: AgentConfig) -> str:
+    """The environment's random action, or one message when it has none."""
+    try:
+        return env.random_action(rng)
+    except NotImplementedError:
+        raise ConfigError(
+            f"agent.demo_noise: environment '{config.env}' has no random_action; "
+            "define one or set agent.demo_noise: 0"
+        ) from None
 
 
 # --------------------------------------------------------------------------- batch

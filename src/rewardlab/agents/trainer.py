@@ -11,6 +11,7 @@ tokens; observation tokens carry none and are outside the loss mask.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -326,15 +327,17 @@ def write_transcripts(run_dir: Path, step: int, episodes: list[Episode]) -> None
 
 
 def demonstration_examples(
-    rows: list[Row], agent: AgentConfig, tokenizer: Any
+    rows: list[Row], agent: AgentConfig, tokenizer: Any, seed: int = 0
 ) -> list[tuple[list[int], list[int]]]:
     """Expert episodes as SFT examples: token ids and labels that are -100 everywhere but on
-    the expert's own turns (the policy learns its actions, not the environment's replies)."""
+    the expert's own turns (the policy learns its actions, not the environment's replies).
+    ``agent.demo_noise`` makes some turns random, drawn from a generator fixed by ``seed``."""
     make_env = environment_factory(agent)
     convo = Conversation(tokenizer, agent.chat_template)
+    rng = random.Random(f"demo-noise/{seed}") if agent.demo_noise > 0 else None
     examples = []
     for row in rows:
-        episode = demonstration(row, make_env, convo, agent)
+        episode = demonstration(row, make_env, convo, agent, rng)
         labels = [t if turn >= 0 else -100 for t, turn in zip(episode.ids, episode.turn_of, strict=True)]
         examples.append((episode.prompt_ids + episode.ids, [-100] * len(episode.prompt_ids) + labels))
     return examples

@@ -148,11 +148,17 @@ def sft_examples(config: SFTConfig, tokenizer: Any) -> tuple[list[tuple[list[int
     if config.agent is not None:
         from rewardlab.agents.trainer import demonstration_examples
 
+        if config.data.path is not None:  # your own rows (each once): the expert plays every one
+            source = prompt_source(config.data, tokenizer, config.seed)
+            return demonstration_examples(source.rows, config.agent, tokenizer, config.seed), source.skipped
         if config.data.task is None or config.data.num_examples is None:
-            raise ConfigError("data.task: SFT for an agent needs the environment's task and data.num_examples")
+            raise ConfigError(
+                "data: SFT for an agent needs the environment's rows: data.task with "
+                "data.num_examples, or data.path"
+            )
         task = make_task(config.data.task, config.data.task_args)
         rows = [task.train_problem(i, seed=config.seed, stream="sft").row() for i in range(config.data.num_examples)]
-        return demonstration_examples(rows, config.agent, tokenizer), 0
+        return demonstration_examples(rows, config.agent, tokenizer, config.seed), 0
     pairs, skipped = demonstrations(config.data, tokenizer, config.seed)
     return [encode_pair(tokenizer, p["prompt"], p["completion"]) for p in pairs], skipped
 

@@ -297,6 +297,11 @@ class CalculatorEnv(Environment):
             return ToolCall(TOOL, {"expr": self._expr}).render()
         return format_value(self._value)
 
+    def random_action(self, rng: random.Random) -> str:
+        """Answer at once, without the tool, with one of the problem's own numbers (the
+        careless agent's mistake: reporting an operand instead of computing)."""
+        return rng.choice(_NUMBER.findall(self._expr))
+
 
 SPEC = register_environment(
     EnvSpec(

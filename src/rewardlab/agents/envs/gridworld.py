@@ -254,6 +254,10 @@ class GridworldEnv(Environment):
         # Keying on distance alone keeps MOVES order among ties (min returns the first).
         return min(options, key=lambda option: option[0])[1]
 
+    def random_action(self, rng: random.Random) -> str:
+        """Any move that is not into a wall or off the grid."""
+        return rng.choice([move for move in MOVES if self._step_target(move) is not None])
+
     def _step_target(self, move: str) -> Cell | None:
         """The cell a move leads to, or None when a wall or the edge is in the way."""
         dr, dc = MOVES[move]

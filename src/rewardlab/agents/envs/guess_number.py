@@ -171,6 +171,11 @@ class GuessNumberEnv(Environment):
         lo, hi = self._bounds()
         return str((lo + hi) // 2)
 
+    def random_action(self, rng: random.Random) -> str:
+        """Any guess the feedback so far still allows, not necessarily the middle one."""
+        lo, hi = self._bounds()
+        return str(rng.randint(lo, hi))
+
 
 SPEC = register_environment(
     EnvSpec(
