@@ -332,3 +332,26 @@ def test_demo_noise_without_a_random_action_is_one_message(tiny: tuple[Any, Any]
     config = agent("guess_number", demo_noise=1.0)
     with pytest.raises(ConfigError, match="demo_noise: environment 'guess_number' has no random_action"):
         demonstration({"prompt": "p"}, NoRandom, Conversation(tok, True), config, random.Random(0))
+
+
+def test_agent_sft_plays_the_expert_on_every_row_of_a_data_file(tmp_path: Any) -> None:
+    import json
+
+    from rewardlab.config import SFTConfig
+    from rewardlab.trainers.sft import sft_examples
+
+    secrets = [3, 11, 16]
+    path = tmp_path / "secrets.jsonl"
+    path.write_text("".join(
+        json.dumps({"prompt": "Guess my number, 1-16.", "answer": json.dumps({"secret": s, "high": 16})}) + "\n"
+        for s in secrets
+    ))
+    config = SFTConfig.model_validate(
+        {"data": {"path": str(path)}, "agent": {"env": "guess_number", "max_turns": 5}, "rollout": {"max_new_tokens": 4}}
+    )
+    _, tok = load_policy(ModelConfig(), seed=0)
+    examples, skipped = sft_examples(config, tok)
+    assert skipped == 0 and len(examples) == len(secrets)
+    for (ids, labels), secret in zip(examples, secrets, strict=True):
+        trained = tok.decode([t for t, label in zip(ids, labels, strict=True) if label != -100])
+        assert trained.replace(tok.eos_token, " ").split()[-1] == str(secret)  # the expert found it
