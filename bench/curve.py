@@ -66,7 +66,7 @@ class HeldOut:
         source = prompt_source(data, tokenizer, seed)
         self.rows = source.heldout_rows
         self.sources = build_reward_sources([RewardSpec(name="task")], source.task)
-        self.config = EvalConfig(every=0, pass_k=1, num_samples=0)
+        self.config = EvalConfig(every=0, pass_k=1, num_samples=1)
         self.tokenizer, self.seed = tokenizer, seed
 
     def __call__(self, model: Any) -> float:
@@ -120,7 +120,7 @@ def run_rewardlab(model_dir: Path, steps: int, every: int, seed: int, work: Path
         "rewards": [{"name": "task"}], "algorithm": {"recipe": "grpo"},
         "rollout": {"num_generations": GENERATIONS, "max_new_tokens": NEW_TOKENS, "temperature": 1.0},
         "train": {"steps": steps, "prompts_per_step": PROMPTS_PER_STEP, "optim": {"lr": LR, "warmup_steps": WARMUP}},
-        "eval": {"every": every, "pass_k": 1, "num_samples": 0},
+        "eval": {"every": every, "pass_k": 1, "num_samples": 1},
         "checkpoint": {"every": 0}, "logging": {"samples": 0},
     })
     curve: list[dict[str, float]] = []

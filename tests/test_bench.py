@@ -40,9 +40,44 @@ def test_bench_rm_case_runs_for_both_libraries(tmp_path: Path) -> None:
 
 def test_profile_step_reports_the_phases_of_a_grpo_step() -> None:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "profile_step.py"), "grpo-tiny", "--steps", "3", "--warmup", "1"],
+        # With a reference model (the on-policy GRPO step of grpo-tiny has no old-log-prob pass).
+        [sys.executable, str(ROOT / "bench" / "profile_step.py"), "grpo-tiny-kl", "--steps", "3", "--warmup", "1"],
         capture_output=True, text=True, timeout=600, check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     for phase in ("generate", "backward", "optimizer", "old/ref logprobs", "peak RSS", "decode:", "matmul peak"):
         assert phase in done.stdout, done.stdout
+
+
+def test_curve_case_runs_both_libraries_from_one_warm_start(tmp_path: Path) -> None:
+    """curve-grpo-tiny (bench/curve.py): both libraries' curves start from the same warm start,
+    scored by the same evaluation, so their step-0 accuracies are equal."""
+    out = tmp_path / "curve.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "curve.py"), "--max-steps", "2", "--every", "1",
+         "--sft-epochs", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (result,) = json.loads(out.read_text())["results"]
+    curves = result["curves"]
+    for lib in ("rewardlab", "trl"):
+        assert [p["step"] for p in curves[lib]] == [0, 1, 2]
+        assert 0 == curves[lib][0]["seconds"] < curves[lib][1]["seconds"] < curves[lib][2]["seconds"]
+    assert curves["rewardlab"][0]["accuracy"] == curves["trl"][0]["accuracy"] == result["start"]
+    assert "| 0 |" in done.stdout
+
+
+def test_curve_time_to_target_is_the_first_evaluation_at_or_above_it() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from curve import time_to
+
+    curve = [
+        {"step": 0, "seconds": 0.0, "accuracy": 0.20},
+        {"step": 25, "seconds": 7.0, "accuracy": 0.31},
+        {"step": 50, "seconds": 14.0, "accuracy": 0.29},
+        {"step": 75, "seconds": 21.0, "accuracy": 0.35},
+    ]
+    assert time_to(curve, 0.30) == {"step": 25, "seconds": 7.0}
+    assert time_to(curve, 0.35) == {"step": 75, "seconds": 21.0}
+    assert time_to(curve, 0.36) is None

@@ -180,3 +180,46 @@ def test_every_recipe_trains_end_to_end(tmp_path: Path, recipe: str) -> None:
     assert all(math.isfinite(m["loss"]) and math.isfinite(m[kl_key]) for m in metrics[1:])
     if recipe == "ppo":  # the critic trains alongside the policy
         assert all(math.isfinite(m["critic/loss"]) for m in metrics[1:])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, False),  # GRPO on-policy: the learner's detached log-probs are the old ones
+        ({"train.ppo_epochs": 2}, True),
+        ({"train.mini_batch_size": 8}, True),  # 32 completions in 4 optimizer steps
+        ({"train.mini_batch_size": 32}, False),
+        ({"algorithm.kl.coef": 0.05}, True),  # kept for the kl/sequence metric
+        ({"algorithm.token_masks": [{"name": "top_entropy"}]}, True),  # a mask reads entropy
+    ],
+)
+def test_the_old_log_prob_pass_runs_only_when_something_reads_it(
+    tmp_path: Path, overrides: dict[str, Any], expected: bool
+) -> None:
+    from rewardlab.trainers.online import needs_old_pass
+
+    assert needs_old_pass(_rl_config(tmp_path / "run", **overrides)) is expected
+
+
+def test_skipping_the_old_pass_on_policy_leaves_the_update_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On-policy, the learner's own detached log-probs replace the separate no-gradient pass:
+    the same losses, gradient norms and weights as when the pass runs, to float rounding."""
+    from rewardlab.trainers import online
+
+    skipped = train(_rl_config(tmp_path / "skip", **{"train.steps": 3}))
+    monkeypatch.setattr(online, "needs_old_pass", lambda config: True)
+    computed = train(_rl_config(tmp_path / "pass", **{"train.steps": 3}))
+    a, b = _train_metrics(skipped.run_dir), _train_metrics(computed.run_dir)
+    steps = [(x, y) for x, y in zip(a, b, strict=True) if "loss" in x]
+    assert len(steps) == 3
+    for x, y in steps:
+        assert x["reward"] == y["reward"]  # the same samples
+        for key in ("loss", "grad_norm"):
+            assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), key
+    from safetensors.torch import load_file
+
+    wa = load_file(str(skipped.run_dir / "final" / "model.safetensors"))
+    wb = load_file(str(computed.run_dir / "final" / "model.safetensors"))
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5

@@ -124,17 +124,26 @@ def sampled_pass(hits: list[int], n: int, ns: list[int]) -> dict[int, float]:
     return {k: sum(pass_at_k(n, c, k) for c in hits) / len(hits) for k in ns if k <= n}
 
 
-def rank_bias(step: int, batch: RolloutBatch, loop: Loop, _: object) -> dict[str, float]:
+def sampling_logprobs(step: int, batch: RolloutBatch, loop: Loop) -> torch.Tensor:
+    """The sampling policy's token log-probs, taken before the update: the batch's old
+    log-probs when the run computed them (the ``unlikely`` transform reads them), else one
+    no-gradient pass (plain GRPO on-policy skips it)."""
+    if batch.old_logp is not None:
+        return batch.old_logp
+    logp, _ = batch_logprobs_and_entropy(loop.policy, batch, loop.config.rollout.temperature, 256)
+    return logp
+
+
+def rank_bias(step: int, batch: RolloutBatch, loop: Loop, old: torch.Tensor) -> dict[str, float]:
     """Rank bias of this step's update: among the correct samples of each prompt's group, the
     correlation of how likely a sample was (mean token log-prob under the sampling policy,
     what ``unlikely`` ranks by) with how much its log-probability rose in the update (both
     centred within the group, pooled over the batch)."""
-    assert batch.old_logp is not None
     config = loop.config
     new, _ = batch_logprobs_and_entropy(loop.policy, batch, config.rollout.temperature, 256)
     mask = batch.completion_mask.float()
-    likely = (batch.old_logp * mask).sum(-1) / mask.sum(-1)
-    gain = ((new - batch.old_logp) * mask).sum(-1)
+    likely = (old * mask).sum(-1) / mask.sum(-1)
+    gain = ((new - old) * mask).sum(-1)
     ok = batch.scores[REWARD] >= 1.0
     xs, ys = [], []
     for g in torch.unique(batch.group[ok]):  # within a prompt's group: what the rank sees
@@ -194,7 +203,7 @@ def run(fast: bool, seed: int, out: Path) -> ExperimentResult:
             if recipe != "base":
                 curve = []
                 for step in range(1, steps + 1):
-                    train_step(loop, step, after_update=rank_bias)
+                    train_step(loop, step, before_update=sampling_logprobs, after_update=rank_bias)
                     if step % track_every == 0:
                         p = answer_probs(loop.policy, loop.tokenizer, rows)
                         curve.append((step, exact_pass(p, correct, [64])[64]))

@@ -363,6 +363,29 @@ def _needs(config: RunConfig, name: str) -> bool:
     return any(name in entry.inputs for entry in _entries(config))
 
 
+def needs_old_pass(config: RunConfig) -> bool:
+    """Whether the sampled batch needs its own no-gradient pass for old log-probs / entropy.
+
+    Not when only the policy loss reads them and the update is on-policy (one epoch, one
+    mini-batch): there the learner's own forward is the sampling policy, and its detached
+    log-probs are the old ones (TRL's shortcut with ``num_iterations=1``; it saved 16% of a
+    quickstart-sized GRPO step). A run with a reference model keeps the pass for its
+    ``kl/sequence`` metric; ``prepare`` adds the pass for whatever else needs it."""
+    choice = config.algorithm.policy_loss
+    assert choice is not None and choice.name is not None
+    loss = POLICY_LOSSES.get(choice.name)
+    others = [entry for entry in _entries(config) if entry is not loss]
+    if "entropy" in loss.inputs or any(n in e.inputs for e in others for n in ("old_logp", "entropy")):
+        return True
+    if "old_logp" not in loss.inputs:
+        return False
+    planned = config.train.prompts_per_step * config.rollout.num_generations
+    kl = config.algorithm.kl
+    with_reference = kl is not None and (bool(kl.coef) or kl.target is not None)
+    with_reference = with_reference or config.algorithm.process_reward is not None
+    return with_reference or not is_on_policy(config, planned)
+
+
 def rollout(engine: RolloutEngine, rows: list[Row], config: RunConfig, seeds: list[int]) -> RolloutBatch:
     """``num_generations`` sampled completions per prompt from the run's rollout engine."""
     return engine.generate([row["prompt"] for row in rows], rollout_params(config), seeds, rows)
@@ -506,7 +529,7 @@ def collect(
             shaped_metrics.append(shaped | {"reward/shaped": float(part.rewards.mean())})
         if _needs(config, "baseline_rewards"):
             part.baseline_rewards = greedy_baseline(policy, tokenizer, rows, sources, config)
-        if _needs(config, "old_logp") or _needs(config, "entropy"):
+        if needs_old_pass(config):
             part.old_logp, part.entropy = batch_logprobs_and_entropy(
                 policy, part, config.rollout.temperature, config.train.micro_batch_size
             )
