@@ -119,7 +119,9 @@ def run_rewardlab(model_dir: Path, steps: int, every: int, seed: int, work: Path
         "data": {"task": TASK, "task_args": TASK_ARGS, "heldout_size": HELDOUT},
         "rewards": [{"name": "task"}], "algorithm": {"recipe": "grpo"},
         "rollout": {"num_generations": GENERATIONS, "max_new_tokens": NEW_TOKENS, "temperature": 1.0},
-        "train": {"steps": steps, "prompts_per_step": PROMPTS_PER_STEP, "optim": {"lr": LR, "warmup_steps": WARMUP}},
+        "train": {"steps": steps, "prompts_per_step": PROMPTS_PER_STEP, "optim": {"lr": LR, "warmup_steps": WARMUP},
+                  # TRL's per_device_train_batch_size below: all 256 sequences in one forward
+                  "micro_batch_size": PROMPTS_PER_STEP * GENERATIONS},
         "eval": {"every": every, "pass_k": 1, "num_samples": 1},
         "checkpoint": {"every": 0}, "logging": {"samples": 0},
     })
