@@ -36,6 +36,7 @@ class Case:
     beta: float = 0.0  # GRPO: KL coefficient (0: no reference model); DPO: beta
     batch: int = 8  # DPO, RM: pairs per step
     max_length: int = 128  # DPO, RM
+    checkpointing: bool = False  # activation checkpointing in both libraries (TRL's CPU default)
 
 
 CASES: dict[str, Case] = {
@@ -45,6 +46,8 @@ CASES: dict[str, Case] = {
     "dpo-tiny": Case("dpo", "builtin:tiny", beta=0.1),
     "dpo-smollm2": Case("dpo", "smollm2-135m", beta=0.1),
     "rm-tiny": Case("rm", "builtin:tiny"),
+    "dpo-smollm2-ckpt": Case("dpo", "smollm2-135m", beta=0.1, checkpointing=True),
+    "grpo-smollm2-ckpt": Case("grpo", "smollm2-135m", prompts_per_step=1, generations=8, checkpointing=True),
 }
 
 
@@ -93,6 +96,10 @@ def pairs(n: int) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------- rewardlab
 
 
+def _model(case: Case) -> dict[str, Any]:
+    return {"name": model_folder(case.model), "gradient_checkpointing": case.checkpointing}
+
+
 def run_rewardlab(case: Case, steps: int, out: Measurement, work: Path) -> None:
     {"grpo": _rewardlab_grpo, "dpo": _rewardlab_dpo, "rm": _rewardlab_rm}[case.kind](case, steps, out, work)
 
@@ -104,7 +111,7 @@ def _rewardlab_grpo(case: Case, steps: int, out: Measurement, work: Path) -> Non
     prompt_file = work / "prompts.jsonl"
     prompt_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts(case.prompts_per_step * steps)))
     config = parse_config(RunConfig, {
-        "seed": SEED, "run_dir": str(work / "run"), "model": {"name": model_folder(case.model)},
+        "seed": SEED, "run_dir": str(work / "run"), "model": _model(case),
         "data": {"path": str(prompt_file), "heldout_size": 1},
         "rewards": [{"name": "bench_rewards:digit_share"}],
         "algorithm": {"recipe": "grpo", "kl": {"coef": case.beta}},
@@ -131,7 +138,7 @@ def _rewardlab_dpo(case: Case, steps: int, out: Measurement, work: Path) -> None
     data = work / "pairs.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in pairs(case.batch * steps)))
     config = parse_config(PreferenceConfig, {
-        "seed": SEED, "run_dir": str(work / "run"), "model": {"name": model_folder(case.model)},
+        "seed": SEED, "run_dir": str(work / "run"), "model": _model(case),
         "data": {"path": str(data), "heldout_size": 1},
         "rewards": [{"name": "bench_rewards:digit_share"}],
         "preference": {"losses": [{"name": "dpo", "params": {"beta": case.beta}}]},
@@ -189,10 +196,11 @@ def run_trl(case: Case, steps: int, out: Measurement, work: Path) -> None:
 
 
 def _common_args(case: Case, steps: int, work: Path) -> dict[str, Any]:
-    # TRL's CPU defaults turn on bf16 and gradient checkpointing; both are switched off so
-    # that the two libraries do the same float32 work without recomputation.
+    # TRL's CPU defaults turn on bf16 and gradient checkpointing; bf16 is switched off so that
+    # the two libraries do the same float32 work, and checkpointing is what the case says
+    # (off: no recomputation; the *-ckpt cases: on in both).
     return {
-        "output_dir": str(work / "trl"), "use_cpu": True, "bf16": False, "gradient_checkpointing": False,
+        "output_dir": str(work / "trl"), "use_cpu": True, "bf16": False, "gradient_checkpointing": case.checkpointing,
         "max_steps": steps, "learning_rate": LR, "lr_scheduler_type": "constant", "warmup_steps": 0,
         "logging_steps": 1, "save_strategy": "no", "report_to": [], "seed": SEED,
         "dataloader_num_workers": 0, "disable_tqdm": True,

@@ -223,3 +223,49 @@ def test_skipping_the_old_pass_on_policy_leaves_the_update_unchanged(
     wa = load_file(str(skipped.run_dir / "final" / "model.safetensors"))
     wb = load_file(str(computed.run_dir / "final" / "model.safetensors"))
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_gives_the_same_training(tmp_path: Path, lora: bool) -> None:
+    """Recomputing activations in the backward pass changes memory, not the result: the same
+    losses, gradient norms and final weights, and generation still uses its KV cache."""
+    overrides: dict[str, Any] = {"train.steps": 3}
+    if lora:
+        overrides["model.lora"] = {"r": 4, "alpha": 8}
+    plain = train(_rl_config(tmp_path / "plain", **overrides))
+    recomputed = train(_rl_config(tmp_path / "gc", **overrides, **{"model.gradient_checkpointing": True}))
+    a, b = _train_metrics(plain.run_dir), _train_metrics(recomputed.run_dir)
+    for x, y in zip(a, b, strict=True):
+        for key in ("reward", "loss", "grad_norm", "completion_length"):
+            if key in x:
+                assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-7), key
+    from safetensors.torch import load_file
+
+    wa = load_file(str(plain.run_dir / "final" / "model.safetensors"))
+    wb = load_file(str(recomputed.run_dir / "final" / "model.safetensors"))
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-6
+
+
+def test_gradient_checkpointing_recomputes_layers_in_the_backward_pass() -> None:
+    from rewardlab.config import ModelConfig
+    from rewardlab.models.loading import load_policy
+
+    def layer_calls(checkpointing: bool) -> int:
+        policy, _ = load_policy(ModelConfig(gradient_checkpointing=checkpointing))
+        calls = []
+        # A sub-module's forward, wrapped: HF checkpoints the layer's forward (so the layer's
+        # own hooks run once) and torch runs no module hooks while it recomputes.
+        mlp = policy.model.layers[0].mlp
+        forward = mlp.forward
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            return forward(*args, **kwargs)
+
+        mlp.forward = counted
+        policy.train()
+        policy(torch.tensor([[5, 6, 7, 8]])).logits.sum().backward()
+        return len(calls)
+
+    assert layer_calls(False) == 1
+    assert layer_calls(True) == 2  # the forward, then its recomputation during backward

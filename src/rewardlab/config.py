@@ -36,6 +36,11 @@ class ModelConfig(Section):
     name: str = "builtin:tiny"
     dtype: Literal["float32", "bfloat16"] = "float32"
     lora: LoraConfig | None = None
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute each layer's activations in the backward pass instead of keeping them: "
+        "less memory for a second forward's time (the same gradients)",
+    )
 
 
 class DataConfig(Section):

@@ -131,9 +131,25 @@ def load_policy(config: ModelConfig, *, seed: int = 0) -> tuple[PreTrainedModel,
     positions = getattr(model.config, "max_position_embeddings", None)
     if isinstance(positions, int) and 0 < positions < tokenizer.model_max_length:
         tokenizer.model_max_length = positions  # the context: dataset prompts are checked against it
+    if config.gradient_checkpointing:
+        # Non-reentrant: works with a frozen base under LoRA without marking inputs as requiring
+        # grad. Only training-mode forwards recompute; generation runs in eval mode and keeps
+        # its KV cache.
+        enable_checkpointing(model)
     if config.lora is not None:
         model = add_lora(model, config.lora)
     return model, tokenizer
+
+
+def enable_checkpointing(model: PreTrainedModel) -> None:
+    """Activation checkpointing of every decoder layer, non-reentrant (transformers 5 renamed
+    ``gradient_checkpointing_enable``; the old name is kept for older releases)."""
+    kwargs = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def add_lora(model: PreTrainedModel, lora: LoraConfig) -> Any:
