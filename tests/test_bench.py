@@ -10,13 +10,19 @@ from pathlib import Path
 ROOT = Path(__file__).parent.parent
 
 
-def test_bench_runs_one_short_case_for_both_libraries(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
+def _run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """One of bench/'s scripts in its own process; it must exit 0."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "dpo-tiny", "--steps", "3", "--warmup", "1", "--json", str(out)],
+        [sys.executable, str(ROOT / "bench" / script), *args],
         capture_output=True, text=True, timeout=600, check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def test_bench_runs_one_short_case_for_both_libraries(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = _run("run.py", "dpo-tiny", "--steps", "3", "--warmup", "1", "--json", str(out))
     report = json.loads(out.read_text())
     (result,) = report["results"]
     for lib in ("rewardlab", "trl"):
@@ -28,23 +34,15 @@ def test_bench_runs_one_short_case_for_both_libraries(tmp_path: Path) -> None:
 def test_bench_rm_case_runs_for_both_libraries(tmp_path: Path) -> None:
     """The reward-model case: rewardlab's Bradley-Terry trainer against TRL's RewardTrainer."""
     out = tmp_path / "bench.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "rm-tiny", "--steps", "3", "--warmup", "1", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    _run("run.py", "rm-tiny", "--steps", "3", "--warmup", "1", "--json", str(out))
     (result,) = json.loads(out.read_text())["results"]
     for lib in ("rewardlab", "trl"):
         assert result[lib]["steps"] == 2 and result[lib]["step_s"] > 0
 
 
 def test_profile_step_reports_the_phases_of_a_grpo_step() -> None:
-    done = subprocess.run(
-        # With a reference model (the on-policy GRPO step of grpo-tiny has no old-log-prob pass).
-        [sys.executable, str(ROOT / "bench" / "profile_step.py"), "grpo-tiny-kl", "--steps", "3", "--warmup", "1"],
-        capture_output=True, text=True, timeout=600, check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    # With a reference model (the on-policy GRPO step of grpo-tiny has no old-log-prob pass).
+    done = _run("profile_step.py", "grpo-tiny-kl", "--steps", "3", "--warmup", "1")
     for phase in ("generate", "backward", "optimizer", "old/ref logprobs", "peak RSS", "decode:", "matmul peak"):
         assert phase in done.stdout, done.stdout
 
@@ -53,12 +51,7 @@ def test_curve_case_runs_both_libraries_from_one_warm_start(tmp_path: Path) -> N
     """curve-grpo-tiny (bench/curve.py): both libraries' curves start from the same warm start,
     scored by the same evaluation, so their step-0 accuracies are equal."""
     out = tmp_path / "curve.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "curve.py"), "--max-steps", "2", "--every", "1",
-         "--sft-epochs", "1", "--json", str(out)],
-        capture_output=True, text=True, timeout=600, check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = _run("curve.py", "--max-steps", "2", "--every", "1", "--sft-epochs", "1", "--json", str(out))
     (result,) = json.loads(out.read_text())["results"]
     curves = result["curves"]
     for lib in ("rewardlab", "trl"):

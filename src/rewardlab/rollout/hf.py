@@ -123,6 +123,21 @@ def lean_decode_applies(model: Any) -> bool:
     return set(gen.to_diff_dict()) <= _NEUTRAL_GENERATION_FIELDS
 
 
+def generate_args(
+    prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams, tokenizer: Any
+) -> dict[str, Any]:
+    """The arguments every HF ``generate`` call here shares: the batch, the token budget, the
+    tokenizer's pad / EOS, and a dict output."""
+    return {
+        "input_ids": prompt_ids,
+        "attention_mask": prompt_mask,
+        "max_new_tokens": params.max_new_tokens,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "return_dict_in_generate": True,
+    }
+
+
 def _hf_generate(
     model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams, tokenizer: Any
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
@@ -132,14 +147,7 @@ def _hf_generate(
         else {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
     )
     out = model.generate(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        max_new_tokens=params.max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        output_scores=params.logprobs,
-        return_dict_in_generate=True,
-        **sampling,
+        **generate_args(prompt_ids, prompt_mask, params, tokenizer), output_scores=params.logprobs, **sampling
     )
     return out.sequences, out.scores if params.logprobs else None
 

@@ -22,6 +22,7 @@ from rewardlab.batch import RolloutBatch
 from rewardlab.rollout.hf import (
     SamplingParams,
     generate,
+    generate_args,
     generate_from_ids,
     tokenize_prompts,
     top_p_filter,
@@ -87,17 +88,12 @@ def _decode(
     that row's own generator."""
     sampler = _GumbelSampler(generators, params.temperature, params.top_p, params.logprobs)
     out = model.generate(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        max_new_tokens=params.max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        **generate_args(prompt_ids, prompt_mask, params, tokenizer),
         do_sample=False,
         # the model's own sampling defaults must not act on top of the sampler
         temperature=None,
         top_p=None,
         top_k=None,
         logits_processor=LogitsProcessorList([sampler]),
-        return_dict_in_generate=True,
     )
     return out.sequences, sampler.kept

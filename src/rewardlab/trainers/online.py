@@ -379,11 +379,11 @@ def needs_old_pass(config: RunConfig) -> bool:
         return True
     if "old_logp" not in loss.inputs:
         return False
-    planned = config.train.prompts_per_step * config.rollout.num_generations
     kl = config.algorithm.kl
     with_reference = kl is not None and (bool(kl.coef) or kl.target is not None)
-    with_reference = with_reference or config.algorithm.process_reward is not None
-    return with_reference or not is_on_policy(config, planned)
+    if with_reference or config.algorithm.process_reward is not None:
+        return True
+    return not is_on_policy(config, config.train.prompts_per_step * config.rollout.num_generations)
 
 
 def rollout(engine: RolloutEngine, rows: list[Row], config: RunConfig, seeds: list[int]) -> RolloutBatch:
