@@ -450,3 +450,16 @@ def test_render_unvalidated_rows_raise_data_error(tokenizer):
         render_prompt({"text": "x"}, tokenizer)
     with pytest.raises(DataError, match="do not end with an assistant message"):
         render_completion({"messages": [{"role": "user", "content": "x"}]}, tokenizer)
+
+
+def test_a_task_with_eval_path_trains_on_the_task_and_evaluates_on_the_file(tmp_path, tokenizer):
+    from rewardlab.config import DataConfig
+    from rewardlab.data.prompts import prompt_source
+
+    evals = write_jsonl(tmp_path / "eval.jsonl", [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(5)])
+    data = DataConfig(task="arithmetic", eval_path=str(evals), heldout_size=3)
+    source = prompt_source(data, tokenizer, seed=0)
+    assert [row["prompt"] for row in source.heldout_rows] == ["0+1=", "1+1=", "2+1="]
+    assert source.task is not None and source.rows_from(0, 1)[0]["prompt"] != "0+1="  # the task's stream
+    without = prompt_source(DataConfig(task="arithmetic", heldout_size=3), tokenizer, seed=0)
+    assert [row["prompt"] for row in without.heldout_rows] != ["0+1=", "1+1=", "2+1="]

@@ -57,12 +57,15 @@ def prompt_source(
     data: DataConfig, tokenizer: Any, seed: int, required_columns: list[str] | None = None
 ) -> PromptSource:
     """Build the rows of a run from ``data`` (a task, or dataset files)."""
+    fits = _prompt_fits(tokenizer)
     if data.task is not None:
         task = make_task(data.task, data.task_args)
+        if data.eval_path is not None:  # the task trains, your file is the held-out set
+            heldout, skipped = _eval_rows(data, tokenizer, fits, required_columns or [])
+            return PromptSource(task, [], heldout, seed, skipped)
         heldout = [p.row() for p in task.heldout(data.heldout_size, seed=seed)]
         return PromptSource(task, [], heldout, seed)
     assert data.path is not None  # the config guarantees one source
-    fits = _prompt_fits(tokenizer)
     loaded = load_rows(
         data.path,
         kind="prompt",
@@ -74,20 +77,28 @@ def prompt_source(
     rows = [_rendered(row, tokenizer) for row in loaded.rows]
     skipped = len(loaded.skipped)
     if data.eval_path is not None:
-        held = load_rows(
-            data.eval_path,
-            kind="prompt",
-            required_columns=required_columns or [],
-            skip_bad_rows=data.skip_bad_rows,
-            split=data.eval_split or data.split,
-            split_key="data.eval_split" if data.eval_split else "data.split",
-            row_check=fits,
-        )
-        heldout = [_rendered(row, tokenizer) for row in held.rows[: data.heldout_size]]
-        skipped += len(held.skipped)
+        heldout, eval_skipped = _eval_rows(data, tokenizer, fits, required_columns or [])
+        skipped += eval_skipped
     else:
         heldout = rows[: min(data.heldout_size, len(rows))]
     return PromptSource(None, rows, heldout, seed, skipped)
+
+
+def _eval_rows(
+    data: DataConfig, tokenizer: Any, fits: Callable[[Row], str | None] | None, required_columns: list[str]
+) -> tuple[list[Row], int]:
+    """The first ``heldout_size`` rows of ``data.eval_path`` and how many bad rows were skipped."""
+    assert data.eval_path is not None
+    held = load_rows(
+        data.eval_path,
+        kind="prompt",
+        required_columns=required_columns,
+        skip_bad_rows=data.skip_bad_rows,
+        split=data.eval_split or data.split,
+        split_key="data.eval_split" if data.eval_split else "data.split",
+        row_check=fits,
+    )
+    return [_rendered(row, tokenizer) for row in held.rows[: data.heldout_size]], len(held.skipped)
 
 
 def _rendered(row: Row, tokenizer: Any) -> Row:
