@@ -54,10 +54,6 @@ def shipped(env: str, root: Path, seed: int) -> tuple[SFTConfig, RunConfig]:
         CONFIGS / rl_file,
         [f"seed={seed}", f"run_dir={root / 'rl'}", f"model.name={root / 'sft' / FINAL_MODEL}", "logging.samples=0"],
     )
-    # The configs name their data files relative to the project's root, where users run them.
-    for config in (sft, rl):
-        if config.data.eval_path is not None:
-            config.data.eval_path = str(CONFIGS.parent / config.data.eval_path)
     return sft, rl
 
 
@@ -72,7 +68,10 @@ def learn(env: str, root: Path, seed: int = 0) -> tuple[dict[str, float], dict[s
 @pytest.mark.parametrize(
     "env", [pytest.param(env, marks=pytest.mark.xdist_group(f"agent-learning-{env}")) for env in CASES]
 )
-def test_rl_raises_success_after_a_careless_warm_start(tmp_path: Path, env: str) -> None:
+def test_rl_raises_success_after_a_careless_warm_start(
+    tmp_path: Path, env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(CONFIGS.parent)  # the configs name data files from the project's root, as users run them
     before, after = learn(env, tmp_path)
     # The warm start acts on its input (well above chance) and leaves room to improve.
     assert 0.2 <= before["eval/success_sampled"] <= 0.9, before

@@ -463,3 +463,34 @@ def test_a_task_with_eval_path_trains_on_the_task_and_evaluates_on_the_file(tmp_
     assert source.task is not None and source.rows_from(0, 1)[0]["prompt"] != "0+1="  # the task's stream
     without = prompt_source(DataConfig(task="arithmetic", heldout_size=3), tokenizer, seed=0)
     assert [row["prompt"] for row in without.heldout_rows] != ["0+1=", "1+1=", "2+1="]
+
+
+def test_sft_evaluation_and_eval_from_a_run_folder_keep_a_tasks_eval_file(tmp_path, tokenizer):
+    """The SFT evaluator and ``rewardlab eval <run>`` read the same held-out rows as training
+    did: a task's eval file (with the task's verifier), not the task's own held-out set."""
+    from rewardlab.config import SFTConfig, dump_config
+    from rewardlab.models.tiny import build_model
+    from rewardlab.trainers.common import CONFIG_FILE, FINAL_MODEL, run_config_of_folder
+    from rewardlab.trainers.sft import _evaluator
+
+    evals = write_jsonl(tmp_path / "eval.jsonl", [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(4)])
+    config = SFTConfig.model_validate(
+        {
+            "run_dir": str(tmp_path / "run"),
+            "data": {"task": "arithmetic", "eval_path": str(evals), "heldout_size": 2},
+            "rollout": {"max_new_tokens": 2},
+            "eval": {"num_samples": 1, "pass_k": 1},
+            "logging": {"samples": 2},
+        }
+    )
+    run = _evaluator(config, tokenizer, tmp_path / "run")
+    assert run is not None
+    run(build_model(len(tokenizer)), 0)
+    saved = (tmp_path / "run" / "samples" / "step-000000.jsonl").read_text().splitlines()
+    assert [json.loads(line)["prompt"] for line in saved] == ["0+1=", "1+1="]
+
+    (tmp_path / "run" / FINAL_MODEL).mkdir()
+    (tmp_path / "run" / FINAL_MODEL / "config.json").write_text("{}")
+    dump_config(config, tmp_path / "run" / CONFIG_FILE)
+    again = run_config_of_folder(tmp_path / "run", [])
+    assert (again.data.task, again.data.eval_path) == ("arithmetic", str(evals))

@@ -42,7 +42,9 @@ def run_config_of_folder(run_dir: Path, overrides: list[str]) -> RunConfig:
     saved = load_yaml(path)
     shared = {k: saved[k] for k in ("seed", "model", "data", "rewards", "rollout", "eval") if k in saved}
     data = shared.get("data", {})
-    if data.get("eval_path"):  # the run's held-out rows came from its eval file
+    # The run's held-out rows came from its eval file: with a dataset, evaluate on that file as
+    # the dataset (a task keeps its eval_path, which prompt_source reads, and its verifier).
+    if data.get("eval_path") and data.get("path"):
         split = data.get("eval_split") or data.get("split", "train")
         shared["data"] = {**data, "path": data["eval_path"], "eval_path": None, "split": split}
     # final/ has any LoRA adapter merged in; a fresh adapter around it would be wasted work.

@@ -172,7 +172,9 @@ def _evaluator(
     if config.agent is not None:
         return _agent_evaluator(config, tokenizer, run_dir)
     data = config.data
-    if config.data.eval_path is not None:  # evaluate on the eval file's first rows
+    # With a dataset, point path at the eval file so the SFT file is not loaded as prompts;
+    # with a task, prompt_source already takes its held-out rows from the eval file.
+    if data.task is None and data.eval_path is not None:
         split = config.data.eval_split or config.data.split
         data = data.model_copy(update={"path": config.data.eval_path, "eval_path": None, "split": split})
     source = prompt_source(data, tokenizer, config.seed)
