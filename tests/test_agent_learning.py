@@ -8,7 +8,7 @@ evaluation episodes must rise by a margin well outside its noise, and greedy suc
 not fall. Only the run folders, the seed and the size of the SFT run's own evaluation are
 overridden.
 
-What makes this work on a model of 0.8M parameters is the warm start: at lr 1e-3 and batch
+What makes this work on a model of 0.69M parameters is the warm start: at lr 1e-3 and batch
 16 it learns to read the grid and to copy the digits; at lr 3e-3 and batch 8 (the earlier
 recipe) it fell back on an input-blind script and RL had nothing to sharpen.
 
