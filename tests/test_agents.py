@@ -216,7 +216,8 @@ def test_an_agent_run_trains_from_config_and_resumes_exactly(tmp_path: Any, cred
     assert all(m["agent/turns"] >= 1 and "grad_norm" in m for m in steps)
     key = {"spa": "agent/progress_loss", "igpo": "agent/info_gain", "gigpo": "agent/anchor_grouped"}[credit]
     assert all(key in m and m[key] == m[key] for m in steps)  # present and not NaN
-    transcript = json.loads((first.run_dir / "samples.jsonl").read_text().splitlines()[-1])
+    transcript = json.loads((first.run_dir / "samples" / "step-000002.jsonl").read_text().splitlines()[-1])
+    assert transcript["step"] == 2
     assert transcript["messages"][0] == {"role": "user", "content": "Guess my number, 1-16."}
     # Resume from the step-1 checkpoint: step 2 is replayed exactly (the SPA estimator too).
     import shutil

@@ -610,11 +610,12 @@ def test_E37_judge_api_key_variable_not_set(
 def test_E38_run_folder_that_holds_a_run(run_copy: Path, untouched) -> None:
     untouched()
     got = rewardlab("train", *sets(*TINY, f"run_dir={run_copy}"))
-    expect("E38", got, f"--resume {run_copy}", "--set run_dir=")
-    # SFT has no --resume: the message does not offer it.
+    expect("E38", got, f"rewardlab train --resume {run_copy}", "--set run_dir=")
+    # Each command offers its own --resume; resuming another command's run is refused.
     got = rewardlab("sft", *sets(f"run_dir={run_copy}"))
-    expect("E38", got, str(run_copy))
-    assert "--resume" not in got.message
+    expect("E38", got, f"rewardlab sft --resume {run_copy}")
+    got = rewardlab("sft", "--resume", str(run_copy))
+    expect("E42", got, f"this is a rewardlab train run; continue it with rewardlab train --resume {run_copy}")
 
 
 def test_E39_run_folder_that_holds_other_files(tmp_path: Path, untouched) -> None:

@@ -28,20 +28,23 @@ def _user_rewards_importable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(TESTS))
 
 
-def _start(config_path: Path) -> subprocess.Popen[str]:
+def _start(*args: str) -> subprocess.Popen[str]:
+    """``rewardlab ARGS`` in a child process (``_start("train", config)``)."""
     env = dict(os.environ, PYTHONPATH=str(TESTS), COLUMNS="200", OMP_NUM_THREADS="1")
     return subprocess.Popen(
-        [sys.executable, "-m", "rewardlab.cli", "train", str(config_path)],
+        [sys.executable, "-m", "rewardlab.cli", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
 
 
-def _wait_for_steps(run_dir: Path, steps: int, process: subprocess.Popen[str], timeout: float = 300) -> None:
-    """Until metrics.jsonl has ``steps`` training lines (or the process ended)."""
+def _wait_for_steps(
+    run_dir: Path, steps: int, process: subprocess.Popen[str], timeout: float = 300, key: str = "reward"
+) -> None:
+    """Until metrics.jsonl has ``steps`` training lines (lines with ``key``; or the process ended)."""
     deadline = time.monotonic() + timeout
     metrics = run_dir / "metrics.jsonl"
     while time.monotonic() < deadline and process.poll() is None:
-        if metrics.is_file() and sum('"reward"' in line for line in metrics.read_text().splitlines()) >= steps:
+        if metrics.is_file() and sum(f'"{key}"' in line for line in metrics.read_text().splitlines()) >= steps:
             return
         time.sleep(0.05)
     raise AssertionError(f"the run did not reach step {steps}: {process.poll()=}")
@@ -63,7 +66,7 @@ def _train_lines(run_dir: Path) -> list[dict[str, Any]]:
 
 def test_sigterm_checkpoints_then_exits_and_the_run_resumes_exactly(tmp_path: Path) -> None:
     run_dir = tmp_path / "stopped"
-    process = _start(_config_file(tmp_path, run_dir))
+    process = _start("train", str(_config_file(tmp_path, run_dir)))
     _wait_for_steps(run_dir, 3, process)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=300)
@@ -81,13 +84,39 @@ def test_sigterm_checkpoints_then_exits_and_the_run_resumes_exactly(tmp_path: Pa
 
 def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
     run_dir = tmp_path / "twice"
-    process = _start(_config_file(tmp_path, run_dir, **{"train.steps": 400}))
+    process = _start("train", str(_config_file(tmp_path, run_dir, **{"train.steps": 400})))
     _wait_for_steps(run_dir, 2, process)
     process.send_signal(signal.SIGTERM)
     process.send_signal(signal.SIGINT)  # a different signal, so the two are not merged
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130
     assert "interrupted" in err
+
+
+def test_sft_stops_on_sigterm_and_rewardlab_sft_resume_continues_exactly(tmp_path: Path) -> None:
+    from test_trainers import _sft_config
+
+    from rewardlab.trainers.sft import train_sft
+
+    settings = {"train.epochs": 60, "checkpoint.every": 0, "eval.every": 0}
+    run_dir = tmp_path / "stopped"
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(_sft_config(run_dir, **settings).model_dump(mode="json")))
+    process = _start("sft", str(path))
+    _wait_for_steps(run_dir, 3, process, key="loss")
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err[-2000:]
+    assert "checkpoint written; resume with --resume" in " ".join(err.split())
+    (checkpoint,) = list_checkpoints(run_dir)
+    assert 3 <= int(checkpoint.name.split("-")[1]) < 180
+
+    resumed = _start("sft", "--resume", str(run_dir))
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-2000:]
+    assert "(180 steps" in out
+    straight = train_sft(_sft_config(tmp_path / "straight", **settings))
+    assert _train_lines(run_dir) == _train_lines(straight.run_dir)
 
 
 def test_a_preference_run_stops_on_sigterm_with_a_checkpoint(tmp_path: Path, warm_start: Path) -> None:

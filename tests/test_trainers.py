@@ -20,6 +20,17 @@ from rewardlab.trainers.sft import train_sft
 TESTS = Path(__file__).parent
 
 
+def _with_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with each dotted ``key: value`` of ``overrides`` set in it (in place)."""
+    for key, value in overrides.items():
+        node = data
+        *path, last = key.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return data
+
+
 def _rl_config(run_dir: Path, **overrides: Any) -> RunConfig:
     data: dict[str, Any] = {
         "seed": 3,
@@ -32,13 +43,7 @@ def _rl_config(run_dir: Path, **overrides: Any) -> RunConfig:
         "checkpoint": {"every": 0},
         "logging": {"samples": 2},
     }
-    for key, value in overrides.items():
-        node = data
-        *path, last = key.split(".")
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return parse_config(RunConfig, data)
+    return parse_config(RunConfig, _with_overrides(data, overrides))
 
 
 @pytest.fixture(autouse=True)
@@ -153,6 +158,71 @@ def test_sft_learns_the_demonstrations(tmp_path: Path) -> None:
     assert losses[-1] < 0.5 * losses[0]
     assert result.first_eval["eval/accuracy"] == 0.0
     assert (result.run_dir / "final" / "model.safetensors").is_file()
+
+
+def _sft_config(run_dir: Path, **overrides: Any) -> SFTConfig:
+    data: dict[str, Any] = {
+        "seed": 2,
+        "run_dir": str(run_dir),
+        "data": {"task": "reverse", "task_args": {"max_len": 3}, "num_examples": 40, "heldout_size": 8},
+        "rollout": {"max_new_tokens": 5},
+        "train": {"epochs": 3, "batch_size": 16, "optim": {"lr": 3e-3, "warmup_steps": 2, "schedule": "cosine"}},
+        "eval": {"every": 5, "pass_k": 2, "num_samples": 2},
+        "checkpoint": {"every": 2},
+        "logging": {"samples": 2},
+    }
+    return parse_config(SFTConfig, _with_overrides(data, overrides))
+
+
+def _saved_samples(run_dir: Path) -> dict[str, str]:
+    """The evaluation samples a run saved (``samples/step-*.jsonl``; an agent run's are its
+    greedy transcripts), by file name."""
+    return {f.name: f.read_text() for f in run_dir.glob("samples/*.jsonl")}
+
+
+@pytest.mark.parametrize("agent", [False, True], ids=["task", "agent_with_demo_noise"])
+def test_a_crashed_sft_run_resumes_exactly(tmp_path: Path, agent: bool) -> None:
+    """3 epochs of 3 batches (the last one short), a checkpoint every 2 steps, an evaluation
+    at step 5: crash after step 5, resume from step 4 (inside the second epoch, so the first
+    epoch's order is replayed and a batch of the second skipped) and redo the evaluation: the
+    metrics, the saved samples and the final weights equal the straight run's."""
+    from safetensors.torch import load_file
+
+    extra: dict[str, Any] = {}
+    if agent:
+        extra = {
+            "data": {"task": "guess_number", "task_args": {"high": 8}, "num_examples": 40, "heldout_size": 4},
+            "agent": {"env": "guess_number", "max_turns": 3, "demo_noise": 0.3},
+            "rollout.max_new_tokens": 4,
+        }
+    straight = train_sft(_sft_config(tmp_path / "straight", **extra))
+    interrupted = _sft_config(tmp_path / "interrupted", **extra)
+    with pytest.raises(_Crash):
+        train_sft(interrupted, on_step=_crash_at(5))
+    assert [p.name for p in list_checkpoints(tmp_path / "interrupted")] == ["step-000002", "step-000004"]
+    assert "step-000005.jsonl" in _saved_samples(tmp_path / "interrupted")
+    resumed = train_sft(interrupted, resume=tmp_path / "interrupted")
+
+    assert straight.steps == resumed.steps == 9
+    assert resumed.first_eval == {}  # the evaluation before training belongs to the first start
+    assert _train_metrics(resumed.run_dir) == _train_metrics(straight.run_dir)
+    assert _saved_samples(resumed.run_dir) == _saved_samples(straight.run_dir) != {}
+    a = load_file(str(straight.run_dir / "final" / "model.safetensors"))
+    b = load_file(str(resumed.run_dir / "final" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sft_resume_refuses_changed_settings_and_a_new_run_in_its_folder(tmp_path: Path) -> None:
+    config = _sft_config(tmp_path / "run", **{"checkpoint.every": 1})
+    with pytest.raises(_Crash):
+        train_sft(config, on_step=_crash_at(2))
+    with pytest.raises(RewardlabError, match=r"already holds a run; resume it with rewardlab sft --resume"):
+        train_sft(config)
+    with pytest.raises(RewardlabError, match=r"train\.batch_size \(16 -> 8\)"):
+        train_sft(_sft_config(tmp_path / "run", **{"train.batch_size": 8}), resume=tmp_path / "run")
+    # A longer run changes a cosine schedule's learning rates: refused too.
+    with pytest.raises(RewardlabError, match=r"train\.epochs \(3 -> 4\)"):
+        train_sft(_sft_config(tmp_path / "run", **{"train.epochs": 4}), resume=tmp_path / "run")
 
 
 def test_resume_refuses_changed_settings_but_allows_more_steps(tmp_path: Path) -> None:

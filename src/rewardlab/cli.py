@@ -61,17 +61,11 @@ def train(
     A config with a ``preference:`` section runs offline preference optimization (DPO, IPO,
     SimPO, KTO, ...) on prompt/chosen/rejected pairs instead."""
     from rewardlab.config import RunConfig, load_config
-    from rewardlab.trainers.common import CONFIG_FILE
     from rewardlab.trainers.online import train as run_train
 
     _quiet_libraries()
     if resume is not None and config is None:
-        if not (resume / CONFIG_FILE).is_file():
-            raise RewardlabError(
-                f"--resume {resume}: not a run folder (no {CONFIG_FILE} in it); give the folder of "
-                "one rewardlab train run, e.g. runs/train-20261122-120000"
-            )
-        config = resume / CONFIG_FILE  # the run's own resolved config
+        config = _run_config_file(resume, "rewardlab train", "runs/train-20261122-120000")
     if _is_preference_config(config, set_):
         _train_preference(config, set_, resume)
         return
@@ -84,6 +78,27 @@ def train(
     _print_eval("before", result.first_eval)
     _print_eval("after", result.last_eval)
     console.print(f"run folder: {result.run_dir}  (report: {result.run_dir / 'report'})")
+
+
+def _run_config_file(resume: Path, command: str, example: str) -> Path:
+    """The resolved config a run folder holds, which --resume continues with; refused when
+    the folder is another command's run (its config would fail with a list of unknown keys)."""
+    from rewardlab.config import load_yaml
+    from rewardlab.trainers.common import CONFIG_FILE
+
+    path = resume / CONFIG_FILE
+    if not path.is_file():
+        raise RewardlabError(
+            f"--resume {resume}: not a run folder (no {CONFIG_FILE} in it); give the folder of "
+            f"one {command} run, e.g. {example}"
+        )
+    # A saved RL or preference config always has its algorithm or preference section; an SFT
+    # config has neither.
+    saved = load_yaml(path)
+    owner = "rewardlab train" if "algorithm" in saved or "preference" in saved else "rewardlab sft"
+    if owner != command:
+        raise RewardlabError(f"--resume {resume}: this is a {owner} run; continue it with {owner} --resume {resume}")
+    return path
 
 
 def _is_preference_config(config: Path | None, set_: list[str] | None) -> bool:
@@ -116,16 +131,24 @@ def _train_preference(config: Path | None, set_: list[str] | None, resume: Path 
 
 
 @app.command()
-def sft(config: ConfigArg = None, set_: SetOption = None) -> None:
+def sft(
+    config: ConfigArg = None,
+    set_: SetOption = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the SFT run in this folder from its last checkpoint.")
+    ] = None,
+) -> None:
     """Supervised fine-tuning on a task's demonstrations or a prompt/completion dataset."""
     from rewardlab.config import SFTConfig, load_config
     from rewardlab.tracking.progress import ProgressView
     from rewardlab.trainers.sft import train_sft
 
     _quiet_libraries()
+    if resume is not None and config is None:
+        config = _run_config_file(resume, "rewardlab sft", "runs/sft-20261122-120000")
     cfg = load_config(SFTConfig, config, set_)
-    with ProgressView("SFT", err_console) as view:
-        result = train_sft(cfg, on_start=view.start, on_step=view.step)
+    with _interruptible(), ProgressView("SFT", err_console) as view:
+        result = train_sft(cfg, resume=resume, on_start=view.start, on_step=view.step)
     _print_skipped(result.skipped_rows)
     _print_eval("before", result.first_eval)
     _print_eval("after", result.last_eval)
@@ -294,7 +317,7 @@ def _interruptible() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        err_console.print("interrupted; resume a train run with --resume RUN_DIR")
+        err_console.print("interrupted; resume the run with --resume RUN_DIR")
         raise typer.Exit(130) from None
 
 
@@ -310,7 +333,7 @@ def main() -> None:
         err_console.print(str(e))
         sys.exit(130)
     except KeyboardInterrupt:
-        err_console.print("interrupted; resume a train run with --resume RUN_DIR")
+        err_console.print("interrupted; resume the run with --resume RUN_DIR")
         sys.exit(130)
 
 

@@ -594,6 +594,7 @@ class SFTConfig(Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     train: SFTTrainConfig = Field(default_factory=SFTTrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     agent: AgentConfig | None = Field(
         None, description="SFT on an environment's expert episodes (loss on the expert's turns only)"

@@ -10,7 +10,6 @@ tokens; observation tokens carry none and are outside the loss mask.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from rewardlab.config import AgentConfig, RewardSpec, RunConfig, SFTConfig
 from rewardlab.errors import ConfigError
 from rewardlab.rewards import RewardSource, combine_rewards, reward_metrics, score_rows
 from rewardlab.rollout.hf import SamplingParams
+from rewardlab.trainers.evaluate import write_samples
 
 ENV_REWARD = "task"  # in agent runs the reward named `task` is the environment's own
 
@@ -310,17 +310,14 @@ def _mean(values: list[float] | list[bool] | list[int]) -> float:
 
 
 def write_transcripts(run_dir: Path, step: int, episodes: list[Episode]) -> None:
-    """Append greedy episodes to ``samples.jsonl`` (one line per episode, its messages)."""
-    with (run_dir / "samples.jsonl").open("a", encoding="utf-8") as f:
-        for e in episodes:
-            record = {
-                "step": step,
-                "messages": e.messages,
-                "turn_rewards": e.turn_rewards,
-                "success": e.success,
-                "error": e.error,
-            }
-            f.write(json.dumps(record) + "\n")
+    """Greedy episodes to ``samples/step-<step>.jsonl`` (one line per episode, its messages),
+    written atomically like every run's samples, so an evaluation redone after a resume
+    replaces its file instead of adding to it."""
+    records = [
+        {"step": step, "messages": e.messages, "turn_rewards": e.turn_rewards, "success": e.success, "error": e.error}
+        for e in episodes
+    ]
+    write_samples(run_dir, step, records)
 
 
 # --------------------------------------------------------------------------- SFT warm start

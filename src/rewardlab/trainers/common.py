@@ -24,7 +24,8 @@ from rewardlab.errors import RewardlabError
 
 CONFIG_FILE = "config.yaml"
 FINAL_MODEL = "final"
-RESUMABLE_KINDS = ("train", "preference")  # the make_run_dir kinds that `train --resume` continues
+# The make_run_dir kinds that --resume continues, and the command that does.
+RESUME_COMMANDS = {"train": "rewardlab train", "preference": "rewardlab train", "sft": "rewardlab sft"}
 
 
 def run_config_of_folder(run_dir: Path, overrides: list[str]) -> RunConfig:
@@ -93,8 +94,8 @@ def make_run_dir(run_dir: str | None, kind: str, *, resume: bool = False) -> Pat
             raise RewardlabError(f"--resume {path}: not a run folder (no {CONFIG_FILE} in it)")
         return path
     if has_progress(path):
-        # Only `rewardlab train` (RL and preference runs) has --resume.
-        then = f"resume it with --resume {path}, or" if kind in RESUMABLE_KINDS else "keep it and"
+        command = RESUME_COMMANDS.get(kind)
+        then = f"resume it with {command} --resume {path}, or" if command else "keep it and"
         raise RewardlabError(
             f"run_dir {path} already holds a run; {then} choose another run_dir (--set run_dir=...)"
         )
@@ -243,6 +244,22 @@ def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:
             out |= flatten_config(value, f"{prefix}{key}.")
         return out
     return {prefix.rstrip("."): tree}
+
+
+def resume_step(run_dir: Path, resume: str | Path | None, policy: Any, optimizer: Any, scheduler: Any) -> int:
+    """0 for a new run; on resume, the newest checkpoint's step, with weights, optimizer,
+    schedule and random state restored from it."""
+    if resume is None:
+        return 0
+    from rewardlab.checkpoint import latest_checkpoint, load_checkpoint
+
+    return load_checkpoint(latest_checkpoint(run_dir), policy, optimizer, scheduler).step
+
+
+def is_due(step: int, every: int, last: int) -> bool:
+    """Whether a periodic action (an evaluation, a checkpoint) is due after ``step``: every
+    ``every`` steps (0: never) and always after the ``last``."""
+    return step == last or (every > 0 and step % every == 0)
 
 
 class GracefulStop:

@@ -61,6 +61,7 @@ from rewardlab.trainers.common import (
     GracefulStop,
     StepCallback,
     check_resume_settings,
+    is_due,
     log_metrics,
     make_optimizer,
     make_run_dir,
@@ -250,13 +251,13 @@ def _train(
                 engine.sync(policy, step)
             metrics |= engine.metrics()
             metrics |= {"time/rollout": t1 - t0, "time/step": time.perf_counter() - t0}
-            if _due(step, config.eval.every, steps):
+            if is_due(step, config.eval.every, steps):
                 t2 = time.perf_counter()
                 ev = run_eval(policy, tokenizer, prompts, sources, config, run_dir, step, agent)
                 metrics |= ev | {"time/eval": time.perf_counter() - t2}
                 result.last_eval = ev
             log_metrics(sinks, step, metrics, on_step)
-            due = _due(step, config.checkpoint.every, steps)
+            due = is_due(step, config.checkpoint.every, steps)
             if due or stop.requested:
                 extra: dict[str, Any] = {
                     "algorithm": state.to_dict(),
@@ -326,10 +327,6 @@ def optimizer_steps(config: RunConfig) -> int:
     size = config.train.prompts_per_step * config.rollout.num_generations
     mini = min(config.train.mini_batch_size or size, size)
     return config.train.steps * config.train.ppo_epochs * -(-size // mini)
-
-
-def _due(step: int, every: int, last: int) -> bool:
-    return step == last or (every > 0 and step % every == 0)
 
 
 def _required_columns(config: RunConfig) -> list[str]:

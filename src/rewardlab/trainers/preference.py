@@ -26,7 +26,7 @@ import torch
 
 from rewardlab.algorithms.preference_losses import PREFERENCE_LOSSES
 from rewardlab.batch import RolloutBatch
-from rewardlab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rewardlab.checkpoint import save_checkpoint
 from rewardlab.config import PreferenceConfig
 from rewardlab.data.preferences import Pair, heldout_examples, load_preference_data
 from rewardlab.data.prompts import prompt_source
@@ -43,11 +43,13 @@ from rewardlab.trainers.common import (
     StepCallback,
     check_resume_settings,
     clip_and_step,
+    is_due,
     log_metrics,
     make_optimizer,
     make_run_dir,
     make_scheduler,
     out_of_time,
+    resume_step,
     save_run_config,
     seed_everything,
 )
@@ -96,18 +98,6 @@ def start_run(config: PreferenceConfig, resume: str | Path | None, length_key: s
             PreferenceConfig, config, run_dir, may_change=RESUME_MAY_CHANGE, length_keys=(length_key,)
         )
     return run_dir
-
-
-def resume_step(run_dir: Path, resume: str | Path | None, policy: Any, optimizer: Any, scheduler: Any) -> int:
-    """0 for a new run; on resume, the newest checkpoint's step, with weights, optimizer,
-    schedule and random state restored from it."""
-    if resume is None:
-        return 0
-    return load_checkpoint(latest_checkpoint(run_dir), policy, optimizer, scheduler).step
-
-
-def due(step: int, every: int, last: int) -> bool:
-    return step == last or (every > 0 and step % every == 0)
 
 
 def train_preference(
@@ -180,7 +170,7 @@ def train_preference(
                 if config.eval.every and step % config.eval.every == 0:
                     metrics |= evaluator(policy, step)
                 log_metrics(sinks, step, metrics, on_step)
-                if due(step, config.checkpoint.every, total) or stop.requested:
+                if is_due(step, config.checkpoint.every, total) or stop.requested:
                     save_checkpoint(run_dir, policy, optimizer, scheduler, step, {}, config.checkpoint.keep)
                 if stop.requested:
                     raise StopRequested(run_dir, step)

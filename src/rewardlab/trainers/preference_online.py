@@ -68,10 +68,12 @@ from rewardlab.trainers.common import (
     GracefulStop,
     StepCallback,
     clip_and_step,
+    is_due,
     log_metrics,
     make_optimizer,
     make_scheduler,
     out_of_time,
+    resume_step,
     save_run_config,
     seed_everything,
     step_seed,
@@ -80,9 +82,7 @@ from rewardlab.trainers.learner import make_reference, reference_mode
 from rewardlab.trainers.preference import (
     PreferenceResult,
     _evaluator,
-    due,
     preference_step,
-    resume_step,
     start_run,
 )
 from rewardlab.trainers.preference_views import (
@@ -187,7 +187,7 @@ def train_online_preference(
                 metrics |= evaluator(policy, step)
             log_metrics(sinks, step, metrics, on_step)
             result.steps = step
-            if due(step, config.checkpoint.every, online.steps) or stop.requested:
+            if is_due(step, config.checkpoint.every, online.steps) or stop.requested:
                 save_checkpoint(run_dir, policy, optimizer, scheduler, step, {}, config.checkpoint.keep)
             if stop.requested:
                 raise StopRequested(run_dir, step)

@@ -15,27 +15,34 @@ from typing import Any
 
 import torch
 
+from rewardlab.checkpoint import save_checkpoint
 from rewardlab.config import SFTConfig
 from rewardlab.data.prompts import Row, demonstrations, prompt_source
 from rewardlab.data.tasks import make_task
-from rewardlab.errors import ConfigError
+from rewardlab.errors import ConfigError, StopRequested
 from rewardlab.models.loading import export_model, load_policy
 from rewardlab.rewards import build_reward_sources
 from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
+    GracefulStop,
+    check_resume_settings,
     clip_and_step,
+    is_due,
     log_metrics,
     make_optimizer,
     make_run_dir,
     make_scheduler,
     out_of_time,
+    resume_step,
     save_run_config,
     seed_everything,
 )
 from rewardlab.trainers.evaluate import evaluate, write_samples
 
 IGNORE = -100
+# Keys a resumed SFT run may change without changing its trajectory.
+RESUME_MAY_CHANGE = ("run_dir", "eval.every", "checkpoint.", "logging.", "train.max_seconds")
 
 
 @dataclass
@@ -86,11 +93,17 @@ def sft_loss(model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Te
 def train_sft(
     config: SFTConfig,
     *,
+    resume: str | Path | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> SFTResult:
-    """Fine-tune ``config.model`` on the demonstrations; the model is saved in ``final/``."""
-    run_dir = make_run_dir(config.run_dir, "sft")
+    """Fine-tune ``config.model`` on the demonstrations (or continue the run in ``resume``
+    from its newest checkpoint); the model is saved in ``final/``."""
+    run_dir = make_run_dir(str(resume) if resume else config.run_dir, "sft", resume=resume is not None)
+    if resume is not None:
+        check_resume_settings(
+            SFTConfig, config, run_dir, may_change=RESUME_MAY_CHANGE, length_keys=("train.epochs",)
+        )
     seed_everything(config.seed)
     model, tokenizer = load_policy(config.model, seed=config.seed)
     examples, skipped = sft_examples(config, tokenizer)
@@ -98,17 +111,24 @@ def train_sft(
     per_epoch = -(-len(examples) // config.train.batch_size)
     total = config.train.epochs * per_epoch
     scheduler = make_scheduler(optimizer, config.train.optim, total)
+    start = resume_step(run_dir, resume, model, optimizer, scheduler)
     check_sinks(config.logging.sinks)
     save_run_config(config, run_dir)
     evaluator = _evaluator(config, tokenizer, run_dir)
-    sinks = make_sinks(config.logging.sinks, run_dir, config.model_dump(mode="json"))
+    sinks = make_sinks(
+        config.logging.sinks, run_dir, config.model_dump(mode="json"),
+        resume_from_step=start if resume is not None else None,
+    )
     result = SFTResult(run_dir, skipped_rows=skipped)
     if on_start:
-        on_start(0, total)
+        on_start(start, total)
+    # Every epoch's order comes from one seeded stream, so a resumed run replays the orders
+    # of the epochs it has done and skips their finished batches.
     order_rng = random.Random(config.seed)
     step = 0
+    stop = GracefulStop().start()  # SIGINT / SIGTERM: finish the step, checkpoint, stop
     try:
-        if evaluator:
+        if evaluator and start == 0:
             result.first_eval = evaluator(model, 0)
             log_metrics(sinks, 0, result.first_eval, None)  # not live: it would sit on the bar all run
         started = time.perf_counter()  # max_seconds counts training, not the first evaluation
@@ -117,6 +137,9 @@ def train_sft(
             order = list(range(len(examples)))
             order_rng.shuffle(order)
             for lo in range(0, len(order), config.train.batch_size):
+                if step < start:
+                    step += 1
+                    continue
                 chunk = [examples[i] for i in order[lo : lo + config.train.batch_size]]
                 loss = sft_loss(model, *collate(chunk, tokenizer.pad_token_id))
                 loss.backward()
@@ -126,6 +149,10 @@ def train_sft(
                 if evaluator and config.eval.every and step % config.eval.every == 0:
                     metrics |= evaluator(model, step)
                 log_metrics(sinks, step, metrics, on_step)
+                if is_due(step, config.checkpoint.every, total) or stop.requested:
+                    save_checkpoint(run_dir, model, optimizer, scheduler, step, {}, config.checkpoint.keep)
+                if stop.requested:
+                    raise StopRequested(run_dir, step)
                 if out_of_time(started, config.train.max_seconds):
                     break
             if out_of_time(started, config.train.max_seconds):
@@ -136,6 +163,7 @@ def train_sft(
             result.last_eval = evaluator(model, step)
             log_metrics(sinks, step, result.last_eval, None)
     finally:
+        stop.close()
         close_all(sinks)
     export_model(model, tokenizer, run_dir / FINAL_MODEL)
     write_report(run_dir)
