@@ -450,10 +450,14 @@ def test_E23_prompt_longer_than_the_models_context(tmp_path: Path, untouched) ->
     shutil.rmtree(tmp_path / "skipping")
 
 
-def test_E24_sft_example_longer_than_the_models_context(tmp_path: Path, untouched) -> None:
+def test_E24_sft_or_preference_example_longer_than_the_models_context(tmp_path: Path, untouched) -> None:
     data = write_jsonl(
         tmp_path / "sft.jsonl",
         [{"prompt": "1+1=", "completion": "2"}, {"prompt": "x=", "completion": "9" * 300}],
+    )
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [{"prompt": "1+1=", "chosen": "2", "rejected": "3"}, {"prompt": "1+2=", "chosen": "3", "rejected": "4" * 300}],
     )
     run = tmp_path / "run"
     untouched()
@@ -461,6 +465,14 @@ def test_E24_sft_example_longer_than_the_models_context(tmp_path: Path, untouche
         "sft", *sets(f"data.path={data}", f"run_dir={run}", "train.epochs=1", "eval.pass_k=1")
     )
     expect("E24", got, f"{data}, line 2", "303 tokens", "holds 256 tokens")
+    got = rewardlab(
+        "train",
+        *sets(
+            f"data.path={pairs}", f"run_dir={run}", "preference.losses=[{name: dpo}]",
+            "rewards=[{name: exact_match}]", "train.epochs=1",
+        ),
+    )
+    expect("E24", got, f"{pairs}, line 2", "the prompt and 'rejected' are", "holds 256 tokens")
 
 
 # --------------------------------------------------------------------------- model folders

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -386,6 +387,32 @@ def test_skip_bad_rows_counts_them(tmp_path: Path) -> None:
     unpaired = [UNPAIRED_ROW, {**UNPAIRED_ROW, "label": "no"}, {**UNPAIRED_ROW, "label": 0}]
     data = load(write_jsonl(tmp_path / "u.jsonl", unpaired), skip_bad_rows=True)
     assert data.skipped == 1 and [e.label for e in data.examples] == [True, False]
+
+
+def test_a_completion_that_overflows_the_context_is_a_bad_row_in_every_format(tmp_path: Path) -> None:
+    """The prompt, each completion and EOS must fit ``model_max_length`` (as the trainer's
+    batches put them); the row is named, or skipped and counted with skip_bad_rows."""
+    from rewardlab.models.tiny import build_tokenizer
+
+    small = build_tokenizer()
+    prompt = len(small("2+2=", add_special_tokens=True)["input_ids"])
+    small.model_max_length = prompt + 3 + 1  # a 3-token completion and EOS fit, 4 do not
+    fits, overflows = "123", "1234"
+    assert len(small(fits, add_special_tokens=False)["input_ids"]) == 3
+    files = {
+        "'rejected'": [PAIR_ROW, {**PAIR_ROW, "rejected": overflows}],
+        "'completion'": [UNPAIRED_ROW, {**UNPAIRED_ROW, "completion": overflows}],
+        "'completions[2]'": [LISTWISE_ROW, {**LISTWISE_ROW, "completions": ["4", fits, overflows]}],
+    }
+    for i, (name, rows) in enumerate(files.items()):
+        path = write_jsonl(tmp_path / f"{i}.jsonl", rows)
+        with pytest.raises(DataError, match=rf"line 2: the prompt and {re.escape(name)} are {prompt + 5} tokens"):
+            load(path, small)
+        data = load(path, small, skip_bad_rows=True)
+        assert data.skipped == 1 and len(data.examples) == 1
+    # No check when the context is unknown (transformers' huge placeholder).
+    small.model_max_length = int(1e30)
+    assert load(write_jsonl(tmp_path / "big.jsonl", files["'rejected'"]), small).skipped == 0
 
 
 def test_all_rows_bad(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ synthetic preference set on which a method's effect can be measured exactly.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,7 @@ from rewardlab.data.datasets import (
     render_pair_side,
     row_columns,
 )
+from rewardlab.data.prompts import context_length
 from rewardlab.data.tasks import Task, make_task
 from rewardlab.errors import ConfigError, did_you_mean
 
@@ -266,6 +268,7 @@ def _load_file(
         skip_bad_rows=data.skip_bad_rows,
         split=split,
         split_key=split_key,
+        row_check=_sides_fit(tokenizer, fmt),
     )
     rows = loaded.rows if limit is None else loaded.rows[:limit]
     examples: list[Pair] | list[Unpaired] | list[Ranked]
@@ -276,6 +279,39 @@ def _load_file(
     else:
         examples = [_rendered_ranked(row, tokenizer) for row in rows]
     return PreferenceData(fmt, examples, len(loaded.skipped))
+
+
+def _sides_fit(tokenizer: Any, fmt: PreferenceFormat) -> Callable[[dict[str, Any]], str | None] | None:
+    """A row check: the prompt followed by each of the row's completions and EOS fits the
+    model's context, as the trainer's batches put them (longer rows would be trained on past
+    the positions the model was trained for, silently)."""
+    limit = context_length(tokenizer)
+    if limit is None:
+        return None
+    render = {"pairwise": _rendered, "unpaired": _rendered_unpaired, "listwise": _rendered_ranked}[fmt]
+
+    def check(row: dict[str, Any]) -> str | None:
+        example = render(row, tokenizer)
+        prompt = len(tokenizer(example.prompt, add_special_tokens=True)["input_ids"])
+        for name, text in _named_sides(example):
+            size = prompt + len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
+            if size > limit:
+                return (
+                    f"the prompt and {name} are {size} tokens long with EOS, but the model's context "
+                    f"holds {limit} tokens; shorten them, or use a model with a longer context"
+                )
+        return None
+
+    return check
+
+
+def _named_sides(example: Pair | Unpaired | Ranked) -> list[tuple[str, str]]:
+    """Each completion of a rendered row with its name in messages ('chosen', 'completions[2]')."""
+    if isinstance(example, Pair):
+        return [("'chosen'", example.chosen), ("'rejected'", example.rejected)]
+    if isinstance(example, Unpaired):
+        return [("'completion'", example.completion)]
+    return [(f"'completions[{i}]'", text) for i, text in enumerate(example.completions)]
 
 
 def _needs() -> str:
