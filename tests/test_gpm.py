@@ -238,3 +238,37 @@ def test_rm_train_with_a_gpm_section_trains_a_gpm(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "run" / "final" / "gpm.json").is_file() and "after: accuracy=" in done.stdout
+
+
+def test_a_crashed_gpm_run_resumes_exactly(tmp_path: Path) -> None:
+    """Crash after step 5 of 8 (checkpoints every 3 steps), resume from step 3: the metrics and
+    the final weights equal those of the run never stopped."""
+    from safetensors.torch import load_file
+
+    from rewardlab.checkpoint import list_checkpoints
+    from rewardlab.tracking import read_metrics
+
+    def config(name: str) -> GPMConfig:
+        base = _base(tmp_path / name)
+        base["train"]["epochs"] = 1  # 8 steps
+        extra = {"run_dir": str(tmp_path / name / "run"), "checkpoint": {"every": 3}, "eval": {"every": 4}}
+        return parse_config(GPMConfig, base | extra)
+
+    straight = train_gpm(config("a"))
+
+    def crash(step: int, metrics: dict[str, float]) -> None:
+        if step == 5:
+            raise KeyboardInterrupt  # as a second Ctrl-C would: no checkpoint of its own
+
+    interrupted = config("b")
+    with pytest.raises(KeyboardInterrupt):
+        train_gpm(interrupted, on_step=crash)
+    folder = tmp_path / "b" / "run"
+    assert [p.name for p in list_checkpoints(folder)] == ["step-000003"]
+    resumed = train_gpm(interrupted, resume=folder)
+    assert resumed.steps == straight.steps == 8 and resumed.first_eval == {}
+    assert list(read_metrics(folder / "metrics.jsonl")) == list(read_metrics(straight.run_dir / "metrics.jsonl"))
+    a = {p.name: load_file(str(p)) for p in (straight.run_dir / "final").glob("*.safetensors")}
+    b = {p.name: load_file(str(p)) for p in (folder / "final").glob("*.safetensors")}
+    assert a and a.keys() == b.keys()
+    assert all(torch.equal(a[f][k], b[f][k]) for f in a for k in a[f])

@@ -286,3 +286,71 @@ def test_rm_train_and_rm_eval_run_end_to_end(tmp_path: Path) -> None:
     bad = run("train", str(path), "--set", "loss.use_margn=true")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "unknown key 'loss.use_margn' (did you mean 'loss.use_margin'?)" in " ".join(bad.stderr.split())
+
+
+# --------------------------------------------------------------------------- checkpoints and resume
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_at(step: int) -> Any:
+    def on_step(current: int, metrics: dict[str, float]) -> None:
+        if current == step:
+            raise _Crash
+
+    return on_step
+
+
+def _final_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The saved model's tensors (every file of ``final/`` that holds weights)."""
+    from safetensors.torch import load_file
+
+    out: dict[str, torch.Tensor] = {}
+    for path in sorted((run_dir / "final").rglob("*.safetensors")):
+        out |= {f"{path.name}/{k}": v for k, v in load_file(str(path)).items()}
+    return out
+
+
+def test_a_crashed_reward_model_run_resumes_exactly_from_the_command_line(tmp_path: Path) -> None:
+    """2 epochs of 6 batches, a checkpoint every 4 steps and an evaluation every 5: crash after
+    step 6 (inside the second epoch), continue with ``rewardlab rm train --resume``: the
+    metrics, eval.json and the final weights equal those of the run never stopped."""
+    from rewardlab.checkpoint import list_checkpoints
+    from rewardlab.tracking import read_metrics
+
+    settings = {"checkpoint.every": 4, "eval.every": 5, "train.optim.schedule": "cosine"}
+    straight = train_reward_model(rm_config(tmp_path / "a", **settings))
+    interrupted = rm_config(tmp_path / "b", **settings)
+    with pytest.raises(_Crash):
+        train_reward_model(interrupted, on_step=_crash_at(6))
+    folder = tmp_path / "b" / "run"
+    assert [p.name for p in list_checkpoints(folder)] == ["step-000004"]
+    env = dict(os.environ, PYTHONPATH=str(TESTS), COLUMNS="200", OMP_NUM_THREADS="1")
+    out = subprocess.run(
+        [sys.executable, "-m", "rewardlab.cli", "rm", "train", "--resume", str(folder)],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "(12 steps" in out.stdout and "before" not in out.stdout
+
+    assert list(read_metrics(folder / "metrics.jsonl")) == list(read_metrics(straight.run_dir / "metrics.jsonl"))
+    assert (folder / "eval.json").read_text() == (straight.run_dir / "eval.json").read_text()
+    a, b = _final_state(straight.run_dir), _final_state(folder)
+    assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rm_resume_refuses_changed_settings_and_ensembles(tmp_path: Path) -> None:
+    config = rm_config(tmp_path, **{"checkpoint.every": 1, "train.optim.schedule": "cosine"})
+    with pytest.raises(_Crash):
+        train_reward_model(config, on_step=_crash_at(2))
+    folder = tmp_path / "run"
+    with pytest.raises(RewardlabError, match="already holds a run; resume it with rewardlab rm train --resume"):
+        train_reward_model(config)
+    with pytest.raises(RewardlabError, match=r"loss\.center_coef \(0\.01 -> 0\.1\)"):
+        train_reward_model(rm_config(tmp_path, **{"loss.center_coef": 0.1}), resume=folder)
+    ensemble = rm_config(tmp_path / "e", **{"ensemble.members": 2, "train.epochs": 1, "checkpoint.every": 1})
+    train_reward_model(ensemble)
+    with pytest.raises(RewardlabError, match="ensembles write no checkpoints yet"):
+        train_reward_model(ensemble, resume=tmp_path / "e" / "run")

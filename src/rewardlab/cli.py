@@ -65,7 +65,9 @@ def train(
 
     _quiet_libraries()
     if resume is not None and config is None:
-        config = _run_config_file(resume, "rewardlab train", "runs/train-20261122-120000")
+        from rewardlab.trainers.common import resume_config_file
+
+        config = resume_config_file(resume, "rewardlab train", "runs/train-20261122-120000")
     if _is_preference_config(config, set_):
         _train_preference(config, set_, resume)
         return
@@ -78,27 +80,6 @@ def train(
     _print_eval("before", result.first_eval)
     _print_eval("after", result.last_eval)
     console.print(f"run folder: {result.run_dir}  (report: {result.run_dir / 'report'})")
-
-
-def _run_config_file(resume: Path, command: str, example: str) -> Path:
-    """The resolved config a run folder holds, which --resume continues with; refused when
-    the folder is another command's run (its config would fail with a list of unknown keys)."""
-    from rewardlab.config import load_yaml
-    from rewardlab.trainers.common import CONFIG_FILE
-
-    path = resume / CONFIG_FILE
-    if not path.is_file():
-        raise RewardlabError(
-            f"--resume {resume}: not a run folder (no {CONFIG_FILE} in it); give the folder of "
-            f"one {command} run, e.g. {example}"
-        )
-    # A saved RL or preference config always has its algorithm or preference section; an SFT
-    # config has neither.
-    saved = load_yaml(path)
-    owner = "rewardlab train" if "algorithm" in saved or "preference" in saved else "rewardlab sft"
-    if owner != command:
-        raise RewardlabError(f"--resume {resume}: this is a {owner} run; continue it with {owner} --resume {resume}")
-    return path
 
 
 def _is_preference_config(config: Path | None, set_: list[str] | None) -> bool:
@@ -145,7 +126,9 @@ def sft(
 
     _quiet_libraries()
     if resume is not None and config is None:
-        config = _run_config_file(resume, "rewardlab sft", "runs/sft-20261122-120000")
+        from rewardlab.trainers.common import resume_config_file
+
+        config = resume_config_file(resume, "rewardlab sft", "runs/sft-20261122-120000")
     cfg = load_config(SFTConfig, config, set_)
     with _interruptible(), ProgressView("SFT", err_console) as view:
         result = train_sft(cfg, resume=resume, on_start=view.start, on_step=view.step)

@@ -43,14 +43,22 @@ def rm_train(
         list[str] | None,
         typer.Option("--set", "-s", help="Override a config key: --set loss.center_coef=0.01 (repeatable)."),
     ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the run in this folder from its last checkpoint (single models and GPMs)."),
+    ] = None,
 ) -> None:
     """Train a scalar reward model with the Bradley-Terry loss (optional margin, centering),
     an ensemble of them (``ensemble:``), or a general preference model (a ``gpm:`` section)."""
     from rewardlab.config import load_config
     from rewardlab.reward_models.config import RewardModelConfig
 
+    if resume is not None and config is None:
+        from rewardlab.trainers.common import resume_config_file
+
+        config = resume_config_file(resume, "rewardlab rm train", "runs/rm-20261122-120000")
     if _is_gpm_config(config, set_):
-        _train_gpm(config, set_)
+        _train_gpm(config, set_, resume)
         return
     # Validate before importing torch and transformers: a config mistake is reported at once.
     cfg = load_config(RewardModelConfig, config, set_)
@@ -59,7 +67,7 @@ def rm_train(
     from rewardlab.tracking.progress import ProgressView
 
     with ProgressView("RM (Bradley-Terry)", err_console) as view:
-        result = train_reward_model(cfg, on_start=view.start, on_step=view.step)
+        result = train_reward_model(cfg, resume=resume, on_start=view.start, on_step=view.step)
     if result.skipped_rows:
         err_console.print(f"[yellow]skipped {result.skipped_rows} bad dataset rows[/yellow] (data.skip_bad_rows is on)")
     _print_metrics("before", result.first_eval)
@@ -76,7 +84,7 @@ def _is_gpm_config(config: Path | None, set_: list[str] | None) -> bool:
     return in_file or any(item.split("=", 1)[0].strip().split(".")[0] == "gpm" for item in set_ or [])
 
 
-def _train_gpm(config: Path | None, set_: list[str] | None) -> None:
+def _train_gpm(config: Path | None, set_: list[str] | None, resume: Path | None) -> None:
     from rewardlab.config import load_config
     from rewardlab.reward_models.gpm_trainer import GPMConfig, train_gpm
     from rewardlab.tracking.progress import ProgressView
@@ -84,7 +92,7 @@ def _train_gpm(config: Path | None, set_: list[str] | None) -> None:
     cfg = load_config(GPMConfig, config, set_)
     _quiet_libraries()
     with ProgressView("GPM", err_console) as view:
-        result = train_gpm(cfg, on_start=view.start, on_step=view.step)
+        result = train_gpm(cfg, resume=resume, on_start=view.start, on_step=view.step)
     _print_metrics("before", result.first_eval)
     _print_metrics("after", result.last_eval)
     console.print(f"model: {result.run_dir / 'final'}  ({result.steps} steps, {result.seconds:.0f} s)")

@@ -12,7 +12,14 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from rewardlab.config import DataConfig, LoggingConfig, ModelConfig, Section, SFTOptimConfig
+from rewardlab.config import (
+    CheckpointConfig,
+    DataConfig,
+    LoggingConfig,
+    ModelConfig,
+    Section,
+    SFTOptimConfig,
+)
 
 Pooling = Literal["auto", "last", "mean", "cls"]
 
@@ -136,5 +143,8 @@ class RewardModelConfig(Section):
     eval: RewardEvalConfig = Field(default_factory=RewardEvalConfig)
     ensemble: RewardEnsembleConfig = Field(default_factory=RewardEnsembleConfig)
     strength: RewardStrengthConfig = Field(default_factory=RewardStrengthConfig)
+    checkpoint: CheckpointConfig = Field(
+        default_factory=CheckpointConfig, description="single models and GPMs; ensembles write none yet"
+    )
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 

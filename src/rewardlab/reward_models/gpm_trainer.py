@@ -28,18 +28,24 @@ from rewardlab.reward_models.config import RewardModelConfig
 from rewardlab.reward_models.data import RewardPair, heldout_reward_pairs, training_pairs
 from rewardlab.reward_models.evaluate import correct
 from rewardlab.reward_models.gpm import GeneralPreferenceModel, GPMHeadConfig, gpm_loss, load_gpm
-from rewardlab.reward_models.trainer import EVAL_FILE
-from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
+from rewardlab.reward_models.trainer import (
+    EVAL_FILE,
+    Checkpoints,
+    open_sinks,
+    save_if_due,
+    start_rm_run,
+)
+from rewardlab.tracking import close_all, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
+    GracefulStop,
     StepCallback,
     clip_and_step,
     log_metrics,
     make_optimizer,
-    make_run_dir,
     make_scheduler,
     out_of_time,
-    save_run_config,
+    resume_step,
     seed_everything,
 )
 
@@ -73,12 +79,14 @@ class GPMResult:
 def train_gpm(
     config: GPMConfig,
     *,
+    resume: str | Path | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_step: StepCallback | None = None,
 ) -> GPMResult:
-    """Train a GPM on ``config``'s pairs; writes ``final/`` (the model), ``metrics.jsonl`` and
-    ``eval.json`` (the last evaluation)."""
-    run_dir = make_run_dir(config.run_dir, "gpm")
+    """Train a GPM on ``config``'s pairs (or continue the run in ``resume`` from its newest
+    checkpoint); writes ``final/`` (the model), ``metrics.jsonl`` and ``eval.json`` (the last
+    evaluation)."""
+    run_dir = start_rm_run(config, resume, "gpm")
     seed_everything(config.seed)
     model = load_gpm(config.model, config.gpm, seed=config.seed)
     data = training_pairs(config.data, model.tokenizer, config.seed, config.loss.margin_column, require_margin=False)
@@ -87,25 +95,31 @@ def train_gpm(
     per_epoch = -(-len(data.pairs) // config.train.batch_size)
     total = config.train.epochs * per_epoch
     scheduler = make_scheduler(optimizer, config.train.optim, total)
-    check_sinks(config.logging.sinks)
-    save_run_config(config, run_dir)
-    sinks = make_sinks(config.logging.sinks, run_dir, config.model_dump(mode="json"))
+    start = resume_step(run_dir, resume, model, optimizer, scheduler)
+    sinks = open_sinks(config, run_dir, start if resume is not None else None)
     result = GPMResult(run_dir, skipped_rows=data.skipped)
 
     if on_start:
-        on_start(0, total)
+        on_start(start, total)
+    # Every epoch's order comes from one seeded stream, so a resumed run replays the orders
+    # of the epochs it has done and skips their finished batches.
     order_rng = random.Random(config.seed)
     step = 0
+    stop = GracefulStop().start()  # SIGINT / SIGTERM: finish the step, checkpoint, stop
+    checkpoints = Checkpoints(run_dir, config.checkpoint.every, config.checkpoint.keep, stop, start)
     try:
-        last = evaluate_gpm(model, held, batch_size=config.eval.batch_size)
-        log_metrics(sinks, 0, last, None)
-        result.first_eval = last
+        if start == 0:
+            result.first_eval = evaluate_gpm(model, held, batch_size=config.eval.batch_size)
+            log_metrics(sinks, 0, result.first_eval, None)
         started = time.perf_counter()
         model.train()
         for _epoch in range(config.train.epochs):
             order = list(range(len(data.pairs)))
             order_rng.shuffle(order)
             for lo in range(0, len(order), config.train.batch_size):
+                if step < start:
+                    step += 1
+                    continue
                 batch = [data.pairs[i] for i in order[lo : lo + config.train.batch_size]]
                 metrics = gpm_step(model, batch, config.train.micro_batch_size)
                 metrics |= {
@@ -116,6 +130,7 @@ def train_gpm(
                 if config.eval.every and step % config.eval.every == 0:
                     metrics |= evaluate_gpm(model, held, batch_size=config.eval.batch_size)
                 log_metrics(sinks, step, metrics, on_step)
+                save_if_due(checkpoints, model, optimizer, scheduler, step, total)
                 if out_of_time(started, config.train.max_seconds):
                     break
             if out_of_time(started, config.train.max_seconds):
@@ -126,6 +141,7 @@ def train_gpm(
         log_metrics(sinks, step, last, None)
         result.last_eval = last
     finally:
+        stop.close()
         close_all(sinks)
     model.save(run_dir / FINAL_MODEL)
     tmp = (run_dir / EVAL_FILE).with_suffix(".tmp")

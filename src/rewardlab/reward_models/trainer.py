@@ -7,7 +7,9 @@ does not change the gradient. With a ``strength:`` section the training pairs ar
 flipped / smoothed / given adaptive margins by their preference strength
 (:mod:`rewardlab.reward_models.strength`); the counts are logged at step 0 and kept in
 ``eval.json``. Held-out pairs are evaluated before training, every
-``eval.every`` steps and at the end; the model is saved in ``final/``.
+``eval.every`` steps and at the end; the model is saved in ``final/``. A single model's run
+writes checkpoints (``checkpoint.every``), stops cleanly on SIGINT / SIGTERM and resumes
+exactly (``rewardlab rm train --resume``); an ensemble's writes none yet.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 
 import torch
 
+from rewardlab.checkpoint import save_checkpoint
+from rewardlab.errors import RewardlabError, StopRequested
 from rewardlab.reward_models.config import RewardModelConfig
 from rewardlab.reward_models.data import RewardPair, heldout_reward_pairs, training_pairs
 from rewardlab.reward_models.evaluate import RewardEval, evaluate_pairs
@@ -31,18 +35,24 @@ from rewardlab.reward_models.strength import prepare_strength
 from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
+    GracefulStop,
     StepCallback,
+    check_resume_settings,
     clip_and_step,
+    is_due,
     log_metrics,
     make_optimizer,
     make_run_dir,
     make_scheduler,
     out_of_time,
+    resume_step,
     save_run_config,
     seed_everything,
 )
 
 EVAL_FILE = "eval.json"
+# Keys a resumed reward-model run may change without changing its trajectory.
+RESUME_MAY_CHANGE = ("run_dir", "eval.every", "checkpoint.", "logging.", "train.max_seconds")
 
 
 @dataclass
@@ -56,21 +66,48 @@ class RewardModelResult:
     strength: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class Checkpoints:
+    """Where :func:`fit` writes checkpoints, how often, and the stop signal it obeys."""
+
+    run_dir: Path
+    every: int
+    keep: int
+    stop: GracefulStop
+    start: int = 0  # the step of the checkpoint the run resumed from
+
+
+def start_rm_run(config: RewardModelConfig, resume: str | Path | None, kind: str) -> Path:
+    """The run folder; on resume, after checking that the settings match the run's own."""
+    run_dir = make_run_dir(str(resume) if resume else config.run_dir, kind, resume=resume is not None)
+    if resume is not None:
+        if config.ensemble.members > 1:
+            raise RewardlabError(
+                f"--resume {run_dir}: reward-model ensembles write no checkpoints yet, so this run "
+                "cannot be resumed; start it again in a new run_dir"
+            )
+        check_resume_settings(
+            type(config), config, run_dir, may_change=RESUME_MAY_CHANGE, length_keys=("train.epochs",)
+        )
+    return run_dir
+
+
 def train_reward_model(
     config: RewardModelConfig,
     *,
+    resume: str | Path | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_step: StepCallback | None = None,
 ) -> RewardModelResult:
-    """Train a scalar reward model on ``config``'s pairs; writes ``final/`` (the model),
-    ``metrics.jsonl`` and ``eval.json`` (the last evaluation, with its buckets). With
-    ``ensemble.members`` > 1 it trains an ensemble instead
-    (:func:`rewardlab.reward_models.ensemble_trainer.train_ensemble`)."""
-    if config.ensemble.members > 1:
+    """Train a scalar reward model on ``config``'s pairs (or continue the run in ``resume``
+    from its newest checkpoint); writes ``final/`` (the model), ``metrics.jsonl`` and
+    ``eval.json`` (the last evaluation, with its buckets). With ``ensemble.members`` > 1 it
+    trains an ensemble instead (:func:`rewardlab.reward_models.ensemble_trainer.train_ensemble`)."""
+    if config.ensemble.members > 1 and resume is None:
         from rewardlab.reward_models.ensemble_trainer import train_ensemble
 
         return train_ensemble(config, on_start=on_start, on_step=on_step)
-    run_dir = make_run_dir(config.run_dir, "rm")
+    run_dir = start_rm_run(config, resume, "rm")
     seed_everything(config.seed)
     model = load_reward_model(config.model, seed=config.seed)
     margin_column = config.loss.margin_column
@@ -79,7 +116,9 @@ def train_reward_model(
     )
     held = heldout_reward_pairs(config.data, model.tokenizer, config.seed, margin_column)
     data.pairs, strength = prepare_strength(data.pairs, config.strength)
-    sinks = open_sinks(config, run_dir)
+    optimizer, scheduler = make_optimization(model, len(data.pairs), config)
+    start = resume_step(run_dir, resume, model, optimizer, scheduler)
+    sinks = open_sinks(config, run_dir, start if resume is not None else None)
     result = RewardModelResult(run_dir, skipped_rows=data.skipped, strength=strength)
 
     def evaluate(step: int) -> RewardEval:
@@ -91,10 +130,11 @@ def train_reward_model(
         return found
 
     if on_start:
-        on_start(0, steps_per_member(len(data.pairs), config))
+        on_start(start, steps_per_member(len(data.pairs), config))
+    stop = GracefulStop().start()  # SIGINT / SIGTERM: finish the step, checkpoint, stop
     try:
-        last = evaluate(0)
-        result.first_eval = last.metrics
+        if start == 0:
+            result.first_eval = evaluate(0).metrics
         started = time.perf_counter()
         result.steps = fit(
             model, model_scorer(model), data.pairs, config, seed=config.seed, sinks=sinks, on_step=on_step,
@@ -102,11 +142,14 @@ def train_reward_model(
                 model, held, batch_size=config.eval.batch_size,
                 bins=config.eval.calibration_bins, buckets=config.eval.buckets,
             ).metrics,
+            optimization=(optimizer, scheduler),
+            checkpoints=Checkpoints(run_dir, config.checkpoint.every, config.checkpoint.keep, stop, start),
         )
         result.seconds = time.perf_counter() - started
         last = evaluate(result.steps)
         result.last_eval = last.metrics
     finally:
+        stop.close()
         close_all(sinks)
     model.save(run_dir / FINAL_MODEL)
     write_eval(run_dir / EVAL_FILE, last, strength)
@@ -114,15 +157,25 @@ def train_reward_model(
     return result
 
 
-def open_sinks(config: RewardModelConfig, run_dir: Path) -> list[Any]:
-    """Check the sinks, save the run's config, open the sinks."""
+def open_sinks(config: RewardModelConfig, run_dir: Path, resume_from_step: int | None = None) -> list[Any]:
+    """Check the sinks, save the run's config, open the sinks (on resume, dropping the
+    metrics logged after the checkpoint)."""
     check_sinks(config.logging.sinks)
     save_run_config(config, run_dir)
-    return make_sinks(config.logging.sinks, run_dir, config.model_dump(mode="json"))
+    return make_sinks(
+        config.logging.sinks, run_dir, config.model_dump(mode="json"), resume_from_step=resume_from_step
+    )
 
 
 def steps_per_member(pairs: int, config: RewardModelConfig) -> int:
     return config.train.epochs * -(-pairs // config.train.batch_size)
+
+
+def make_optimization(trained: torch.nn.Module, pairs: int, config: RewardModelConfig) -> tuple[Any, Any]:
+    """The optimizer of ``trained``'s trainable parameters and its LR schedule over one
+    member's steps."""
+    optimizer = make_optimizer(trained.parameters(), config.train.optim)
+    return optimizer, make_scheduler(optimizer, config.train.optim, steps_per_member(pairs, config))
 
 
 # Pairs -> (chosen rewards, rejected rewards), with gradients.
@@ -153,12 +206,19 @@ def fit(
     prefix: str = "",
     evaluate: Callable[[], dict[str, float]] | None = None,
     max_seconds: float | None = None,
+    optimization: tuple[Any, Any] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> int:
     """The optimizer loop over ``pairs`` for ``train.epochs`` epochs, updating ``trained``'s
     trainable parameters; logs each step as ``first_step + n`` with keys under ``prefix``
-    (an ensemble member's ``member{k}/``). Returns the number of steps taken."""
-    optimizer = make_optimizer(trained.parameters(), config.train.optim)
-    scheduler = make_scheduler(optimizer, config.train.optim, steps_per_member(len(pairs), config))
+    (an ensemble member's ``member{k}/``). Returns the number of steps taken.
+
+    ``optimization``: the optimizer and schedule (made here when None). ``checkpoints``:
+    save there and obey its stop signal; the steps before its ``start`` (restored from a
+    checkpoint) are skipped, their epochs' orders replayed from the seeded stream."""
+    optimizer, scheduler = optimization or make_optimization(trained, len(pairs), config)
+    total = steps_per_member(len(pairs), config)
+    start = checkpoints.start if checkpoints else 0
     order_rng = random.Random(seed)
     limit = config.train.max_seconds if max_seconds is None else max_seconds
     started = time.perf_counter()
@@ -168,6 +228,9 @@ def fit(
         order = list(range(len(pairs)))
         order_rng.shuffle(order)
         for lo in range(0, len(order), config.train.batch_size):
+            if step < start:
+                step += 1
+                continue
             batch = [pairs[i] for i in order[lo : lo + config.train.batch_size]]
             metrics = pair_loss_step(scorer, batch, config)
             metrics |= {
@@ -178,9 +241,20 @@ def fit(
             if evaluate is not None and config.eval.every and step % config.eval.every == 0:
                 metrics |= evaluate()
             log_metrics(sinks, first_step + step, {prefix + k: v for k, v in metrics.items()}, on_step)
+            if checkpoints is not None:
+                save_if_due(checkpoints, trained, optimizer, scheduler, step, total)
             if out_of_time(started, limit):
                 return step
     return step
+
+
+def save_if_due(checkpoints: Checkpoints, trained: torch.nn.Module, optimizer: Any, scheduler: Any, step: int, total: int) -> None:
+    """A checkpoint every ``checkpoints.every`` steps, after the last, and when a stop was
+    asked for; then the stop (``StopRequested``)."""
+    if is_due(step, checkpoints.every, total) or checkpoints.stop.requested:
+        save_checkpoint(checkpoints.run_dir, trained, optimizer, scheduler, step, {}, checkpoints.keep)
+    if checkpoints.stop.requested:
+        raise StopRequested(checkpoints.run_dir, step)
 
 
 def reward_step(model: RewardModel, batch: list[RewardPair], config: RewardModelConfig) -> dict[str, float]:

@@ -24,8 +24,42 @@ from rewardlab.errors import RewardlabError
 
 CONFIG_FILE = "config.yaml"
 FINAL_MODEL = "final"
-# The make_run_dir kinds that --resume continues, and the command that does.
-RESUME_COMMANDS = {"train": "rewardlab train", "preference": "rewardlab train", "sft": "rewardlab sft"}
+# The make_run_dir kinds that --resume continues, and the command that does (a reward-model
+# ensemble's run, kind "rm" too, is refused by that command with its own message).
+RESUME_COMMANDS = {
+    "train": "rewardlab train",
+    "preference": "rewardlab train",
+    "sft": "rewardlab sft",
+    "rm": "rewardlab rm train",
+    "gpm": "rewardlab rm train",
+}
+
+
+def command_of_run(saved: dict[str, Any]) -> str:
+    """The command that made a run, from its saved ``config.yaml`` (a full dump): RL and
+    preference configs have an ``algorithm`` or ``preference`` section, reward-model ones an
+    ``ensemble`` section, SFT configs none of these."""
+    if "algorithm" in saved or "preference" in saved:
+        return "rewardlab train"
+    if "ensemble" in saved:
+        return "rewardlab rm train"
+    return "rewardlab sft"
+
+
+def resume_config_file(resume: Path, command: str, example: str) -> Path:
+    """The resolved config a run folder holds, which ``command --resume`` continues with;
+    refused when the folder is another command's run (its config would fail with a list of
+    unknown keys)."""
+    path = resume / CONFIG_FILE
+    if not path.is_file():
+        raise RewardlabError(
+            f"--resume {resume}: not a run folder (no {CONFIG_FILE} in it); give the folder of "
+            f"one {command} run, e.g. {example}"
+        )
+    owner = command_of_run(load_yaml(path))
+    if owner != command:
+        raise RewardlabError(f"--resume {resume}: this is a {owner} run; continue it with {owner} --resume {resume}")
+    return path
 
 
 def run_config_of_folder(run_dir: Path, overrides: list[str]) -> RunConfig:
