@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 from preference_setup import preference_config
+from test_trainers import _Crash, _crash_at
 
 from rewardlab.config import PreferenceConfig
 from rewardlab.errors import ConfigError
@@ -269,18 +270,6 @@ def test_conversational_unpaired_rows_evaluate_on_their_desirable_answers(tmp_pa
 
 
 # --------------------------------------------------------------------------- resume
-
-
-class _Crash(Exception):
-    pass
-
-
-def _crash_at(step: int) -> Any:
-    def on_step(current: int, metrics: dict[str, float]) -> None:
-        if current == step:
-            raise _Crash
-
-    return on_step
 
 
 def _logged(run_dir: Path) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 from preference_setup import digits_vs_letters
+from test_trainers import _Crash, _crash_at
 
 from rewardlab.config import parse_config
 from rewardlab.errors import ConfigError, DataError, RewardlabError
@@ -289,18 +290,6 @@ def test_rm_train_and_rm_eval_run_end_to_end(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- checkpoints and resume
-
-
-class _Crash(Exception):
-    pass
-
-
-def _crash_at(step: int) -> Any:
-    def on_step(current: int, metrics: dict[str, float]) -> None:
-        if current == step:
-            raise _Crash
-
-    return on_step
 
 
 def _final_state(run_dir: Path) -> dict[str, torch.Tensor]:
