@@ -287,6 +287,66 @@ def test_no_space_left_in_a_checkpoint_says_the_disk_is_full(tmp_path: Path, mon
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000001"] and _partial_folders(tmp_path) == []
 
 
+def _disk_full(*args: Any, **kwargs: Any) -> None:
+    raise OSError(28, "No space left on device")
+
+
+def test_disk_full_while_exporting_the_final_model_is_one_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model is written as final.tmp: a full disk leaves no partial folder and an old
+    final/ untouched; safetensors' own error (the OS error only in its text) is read too."""
+    from safetensors import SafetensorError
+
+    from rewardlab.config import ModelConfig
+    from rewardlab.errors import WriteFailed
+    from rewardlab.models.loading import export_model, load_policy
+
+    model, tokenizer = load_policy(ModelConfig(name="builtin:tiny"), seed=0)
+    final = export_model(model, tokenizer, tmp_path / "final")
+    before = (final / "model.safetensors").read_bytes()
+
+    def safetensors_full(*args: Any, **kwargs: Any) -> None:
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    for failure in (_disk_full, safetensors_full):
+        monkeypatch.setattr(type(model), "save_pretrained", failure)
+        with pytest.raises(WriteFailed, match=(
+            rf"writing the final model failed: {tmp_path / 'final.tmp'}: no space left on the device "
+            rf"\(the disk is full\) \[ENOSPC\]; the run's checkpoints are intact; once there is room, "
+            rf"resume with --resume {tmp_path} to write it again"
+        )):
+            export_model(model, tokenizer, tmp_path / "final")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+        assert (final / "model.safetensors").read_bytes() == before
+
+
+def test_disk_full_while_writing_samples_or_the_report_is_one_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matplotlib.figure import Figure
+
+    from rewardlab.errors import WriteFailed
+    from rewardlab.tracking import write_report
+    from rewardlab.trainers.evaluate import write_samples
+
+    monkeypatch.setattr(Path, "write_text", _disk_full)
+    with pytest.raises(WriteFailed, match=(
+        rf"writing the samples of step 3 failed: {tmp_path / 'samples' / 'step-000003.jsonl'}: no space left "
+        rf"on the device \(the disk is full\) \[ENOSPC\]; the checkpoints written before are intact"
+    )):
+        write_samples(tmp_path, 3, [{"completion": "4"}])
+    assert list((tmp_path / "samples").iterdir()) == []  # no partial file left
+    monkeypatch.undo()
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "reward": 0.5}\n{"step": 2, "reward": 0.7}\n')
+    monkeypatch.setattr(Figure, "savefig", _disk_full)
+    with pytest.raises(WriteFailed, match=(
+        rf"writing the report failed: {tmp_path / 'report'}: .*\[ENOSPC\]; the run itself is complete; once "
+        rf"there is room, draw the plots with: rewardlab report {tmp_path}"
+    )):
+        write_report(tmp_path)
+    assert list((tmp_path / "report").iterdir()) == []
+
+
 # --------------------------------------------------------------------------- reward faults
 
 _RELEASE = threading.Event()  # lets the abandoned calls of the hanging rewards finish

@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import os
 import random
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from rewardlab.errors import RewardlabError, WriteFailed
+from rewardlab.errors import RewardlabError, WriteFailed, os_error_in
 
 CHECKPOINTS = "checkpoints"
 WEIGHTS = "weights.safetensors"
@@ -157,11 +156,10 @@ def _save_weights(tensors: dict[str, torch.Tensor], path: Path) -> None:
     try:
         save_file(tensors, str(path))
     except SafetensorError as err:
-        found = re.search(r"os error (\d+)", str(err))
-        if found is None:
+        cause = os_error_in(err)
+        if cause is None:
             raise
-        number = int(found.group(1))
-        raise OSError(number, os.strerror(number), str(path)) from err
+        raise OSError(cause.errno, cause.strerror, str(path)) from err
 
 
 class _Recorder:

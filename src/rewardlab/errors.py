@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import difflib
 import errno
-from collections.abc import Iterable
+import os
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -49,6 +52,32 @@ class WriteFailed(RewardlabError):
         )
         self.path = path
         self.errno = err.errno
+
+
+def os_error_in(err: Exception) -> OSError | None:
+    """The ``OSError`` behind a library's error that reports one only in its text, as
+    safetensors' ``SafetensorError`` does ("... I/O error: ... (os error 28)"); else None."""
+    found = re.search(r"os error (\d+)", str(err))
+    if found is None or type(err).__name__ != "SafetensorError":
+        return None
+    number = int(found.group(1))
+    return OSError(number, os.strerror(number))
+
+
+@contextmanager
+def writing(what: str, path: object, then: str) -> Iterator[None]:
+    """Turn a failed write inside (disk full, quota, I/O error: an ``OSError``, or one that a
+    library reports in its own error's text) into one ``WriteFailed`` naming ``what`` and
+    ``path``; the caller cleans up its partial files."""
+    try:
+        yield
+    except OSError as err:
+        raise WriteFailed(what, path, err, then) from err
+    except Exception as err:
+        cause = os_error_in(err)
+        if cause is None:
+            raise
+        raise WriteFailed(what, path, cause, then) from err
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

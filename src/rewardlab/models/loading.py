@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from rewardlab.config import LoraConfig, ModelConfig
-from rewardlab.errors import RewardlabError
+from rewardlab.errors import RewardlabError, WriteFailed, writing
 
 TINY = "builtin:tiny"
 SMOLLM2 = "smollm2-135m"
@@ -181,7 +181,11 @@ def is_lora(model: Any) -> bool:
 
 
 def export_model(model: Any, tokenizer: Any, folder: Path) -> Path:
-    """Save a plain HF model folder (LoRA merged in) that ``model.name`` can point at."""
+    """Save a plain HF model folder (LoRA merged in) that ``model.name`` can point at.
+
+    Written as ``<folder>.tmp`` and renamed into place; a failed write (disk full) removes the
+    partial folder and is one ``WriteFailed`` saying that the run's checkpoints are intact and
+    that resuming writes the model again."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     to_save = model
@@ -189,8 +193,15 @@ def export_model(model: Any, tokenizer: Any, folder: Path) -> Path:
         import copy
 
         to_save = copy.deepcopy(model).merge_and_unload()
-    to_save.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
+    run_dir = folder.parent
+    then = f"the run's checkpoints are intact; once there is room, resume with --resume {run_dir} to write it again"
+    try:
+        with writing("the final model", tmp, then):
+            to_save.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+    except WriteFailed:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)

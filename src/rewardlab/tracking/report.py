@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rewardlab.errors import RewardlabError
+from rewardlab.errors import RewardlabError, writing
 from rewardlab.tracking.sinks import METRICS_FILENAME, read_metrics
 
 if TYPE_CHECKING:
@@ -163,7 +163,10 @@ def write_report(run_dir: Path | str) -> list[Path]:
             f"{', '.join(g.name for g in GROUPS)}) in {len(records)} logged steps"
         )
     out_dir = Path(run_dir) / REPORT_DIRNAME
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = [_write_group(out_dir, group, series) for group, series in groups]
-    written.append(_write_overview(out_dir, groups))
+    # The plots are made from metrics.jsonl alone, so a failed one costs nothing of the run.
+    then = f"the run itself is complete; once there is room, draw the plots with: rewardlab report {run_dir}"
+    with writing("the report", out_dir, then):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = [_write_group(out_dir, group, series) for group, series in groups]
+        written.append(_write_overview(out_dir, groups))
     return written

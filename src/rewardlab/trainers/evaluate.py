@@ -13,6 +13,7 @@ import torch
 
 from rewardlab.config import EvalConfig
 from rewardlab.data.prompts import Row
+from rewardlab.errors import WriteFailed, writing
 from rewardlab.rewards import RewardSource, combine_rewards, score_rows
 from rewardlab.rollout.hf import SamplingParams, decode_completions, generate
 
@@ -108,6 +109,12 @@ def write_samples(run_dir: Path, step: int, samples: list[dict[str, Any]]) -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{step:06d}.jsonl"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    then = f"the checkpoints written before are intact; once there is room, resume with --resume {run_dir}"
+    try:
+        with writing(f"the samples of step {step}", path, then):
+            tmp.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    except WriteFailed:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     return path
