@@ -343,3 +343,29 @@ def test_rm_resume_refuses_changed_settings_and_ensembles(tmp_path: Path) -> Non
     train_reward_model(ensemble)
     with pytest.raises(RewardlabError, match="ensembles write no checkpoints yet"):
         train_reward_model(ensemble, resume=tmp_path / "e" / "run")
+
+
+def test_a_full_disk_at_the_final_save_is_one_message_and_resume_writes_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rewardlab.errors import WriteFailed
+
+    config = rm_config(tmp_path, **{"train.epochs": 1})
+
+    def disk_full(self: Any, folder: Any) -> None:  # as RewardModel.save fails half-way through final.tmp
+        partial = Path(folder).with_name("final.tmp")
+        partial.mkdir(parents=True)
+        (partial / "model.safetensors").write_text("x")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(RewardModel, "save", disk_full)
+    folder = tmp_path / "run"
+    with pytest.raises(WriteFailed, match=(
+        rf"writing the final model failed: {folder / 'final.tmp'}: no space left on the device .*\[ENOSPC\]; "
+        rf"the run's checkpoints are intact; once there is room, resume with --resume {folder} to write it again"
+    )):
+        train_reward_model(config)
+    assert not (folder / "final.tmp").exists() and not (folder / "final").exists()
+    monkeypatch.undo()
+    resumed = train_reward_model(config, resume=folder)  # the last step's checkpoint: no step left
+    assert resumed.steps == 6 and (folder / "final" / "reward_model.json").is_file()

@@ -9,6 +9,7 @@ import difflib
 import errno
 import os
 import re
+import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,6 +79,26 @@ def writing(what: str, path: object, then: str) -> Iterator[None]:
         if cause is None:
             raise
         raise WriteFailed(what, path, cause, then) from err
+
+
+@contextmanager
+def writing_folder(what: str, folder: Path, then: str) -> Iterator[Path]:
+    """``writing`` for a folder that is written as ``<folder>.tmp`` and renamed into place
+    (yielded): a failed write also removes the partial ``.tmp`` folder."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    try:
+        with writing(what, tmp, then):
+            yield tmp
+    except WriteFailed:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def final_model_hint(run_dir: Path, *, resumable: bool = True) -> str:
+    """What a failed write of a run's ``final/`` leaves, and how to get the model."""
+    if resumable:
+        return f"the run's checkpoints are intact; once there is room, resume with --resume {run_dir} to write it again"
+    return "this run writes no checkpoints (an ensemble), so once there is room, start it again"
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from rewardlab.config import LoraConfig, ModelConfig
-from rewardlab.errors import RewardlabError, WriteFailed, writing
+from rewardlab.errors import RewardlabError, final_model_hint, writing_folder
 
 TINY = "builtin:tiny"
 SMOLLM2 = "smollm2-135m"
@@ -186,22 +186,15 @@ def export_model(model: Any, tokenizer: Any, folder: Path) -> Path:
     Written as ``<folder>.tmp`` and renamed into place; a failed write (disk full) removes the
     partial folder and is one ``WriteFailed`` saying that the run's checkpoints are intact and
     that resuming writes the model again."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     to_save = model
     if is_lora(model):
         import copy
 
         to_save = copy.deepcopy(model).merge_and_unload()
-    run_dir = folder.parent
-    then = f"the run's checkpoints are intact; once there is room, resume with --resume {run_dir} to write it again"
-    try:
-        with writing("the final model", tmp, then):
-            to_save.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-    except WriteFailed:
+    with writing_folder("the final model", folder, final_model_hint(folder.parent)) as tmp:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        to_save.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)

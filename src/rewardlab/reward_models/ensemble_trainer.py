@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from rewardlab.errors import ConfigError, RegistryError
+from rewardlab.errors import ConfigError, RegistryError, final_model_hint, writing_folder
 from rewardlab.reward_models.config import RewardModelConfig
 from rewardlab.reward_models.data import RewardPair, heldout_reward_pairs, training_pairs
 from rewardlab.reward_models.ensemble import Ensemble, check_aggregation, evaluate_members
@@ -111,7 +111,8 @@ def train_ensemble(
         result.last_eval = last.metrics
     finally:
         close_all(sinks)
-    ensemble.save(run_dir / FINAL_MODEL)
+    with writing_folder("the final model", run_dir / FINAL_MODEL, final_model_hint(run_dir, resumable=False)):
+        ensemble.save(run_dir / FINAL_MODEL)
     write_eval(run_dir / EVAL_FILE, last, strength)
     write_report(run_dir)
     return result

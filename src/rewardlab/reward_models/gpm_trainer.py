@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from pydantic import Field, model_validator
 
+from rewardlab.errors import final_model_hint, writing_folder
 from rewardlab.reward_models.config import RewardModelConfig
 from rewardlab.reward_models.data import RewardPair, heldout_reward_pairs, training_pairs
 from rewardlab.reward_models.evaluate import correct
@@ -143,7 +144,8 @@ def train_gpm(
     finally:
         stop.close()
         close_all(sinks)
-    model.save(run_dir / FINAL_MODEL)
+    with writing_folder("the final model", run_dir / FINAL_MODEL, final_model_hint(run_dir)):
+        model.save(run_dir / FINAL_MODEL)
     tmp = (run_dir / EVAL_FILE).with_suffix(".tmp")
     tmp.write_text(json.dumps({"metrics": last}, indent=2) + "\n")
     tmp.replace(run_dir / EVAL_FILE)

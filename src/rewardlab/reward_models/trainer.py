@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from rewardlab.checkpoint import save_checkpoint
-from rewardlab.errors import RewardlabError, StopRequested
+from rewardlab.errors import RewardlabError, StopRequested, final_model_hint, writing_folder
 from rewardlab.reward_models.config import RewardModelConfig
 from rewardlab.reward_models.data import RewardPair, heldout_reward_pairs, training_pairs
 from rewardlab.reward_models.evaluate import RewardEval, evaluate_pairs
@@ -151,7 +151,8 @@ def train_reward_model(
     finally:
         stop.close()
         close_all(sinks)
-    model.save(run_dir / FINAL_MODEL)
+    with writing_folder("the final model", run_dir / FINAL_MODEL, final_model_hint(run_dir)):
+        model.save(run_dir / FINAL_MODEL)
     write_eval(run_dir / EVAL_FILE, last, strength)
     write_report(run_dir)
     return result
