@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -228,6 +229,37 @@ def test_an_agent_run_trains_from_config_and_resumes_exactly(tmp_path: Any, cred
     last = [m for m in relogged if m["step"] == 2 and "agent/success" in m][-1]
     for name in ("reward", "agent/turns", "loss", "grad_norm", key):
         assert last[name] == pytest.approx(steps[1][name], rel=1e-5, abs=1e-7), name
+
+
+def test_rewardlab_eval_of_an_agent_run_folder_plays_the_environment(tmp_path: Any) -> None:
+    """``rewardlab eval RUN_DIR`` of an SFT or RL agent run plays the run's held-out episodes
+    with its final model (it used to drop the agent section and fail on the environment task),
+    and gives the metrics of the run's own evaluation of that model."""
+    import subprocess
+    import sys
+
+    from rewardlab.trainers.common import run_config_of_folder
+    from rewardlab.trainers.online import evaluate_config, train
+    from rewardlab.trainers.sft import train_sft
+
+    sft, rl = _agent_configs(tmp_path, "gigpo")
+    sft = sft.model_copy(update={"agent": sft.agent.model_copy(update={"demo_noise": 0.3})})
+    train_sft(sft)
+    trained = train(rl.model_copy(update={"eval": rl.eval.model_copy(update={"num_samples": 2})}))
+    for folder in (tmp_path / "sft", tmp_path / "rl"):
+        config = run_config_of_folder(folder, [])
+        assert config.agent is not None and config.agent.demo_noise == 0.0
+        metrics = evaluate_config(config)
+        assert {"eval/success", "eval/success_sampled", "eval/turns", "eval/invalid_actions"} <= set(metrics)
+    # The RL run's last evaluation is of the same model on the same rows: greedy play agrees.
+    assert metrics["eval/success"] == trained.last_eval["eval/success"]
+    assert metrics["eval/turns"] == trained.last_eval["eval/turns"]
+    done = subprocess.run(
+        [sys.executable, "-m", "rewardlab.cli", "eval", str(tmp_path / "rl"), "--json"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["eval/success"] == metrics["eval/success"]
 
 
 class OneTurnDigits(Environment):

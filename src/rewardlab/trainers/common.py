@@ -64,7 +64,8 @@ def resume_config_file(resume: Path, command: str, example: str) -> Path:
 
 def run_config_of_folder(run_dir: Path, overrides: list[str]) -> RunConfig:
     """A config that evaluates the final model of a run folder (an RL or an SFT run) on the
-    run's own held-out prompts and rewards; ``overrides`` apply last."""
+    run's own held-out prompts and rewards (an agent run's: by playing its environment);
+    ``overrides`` apply last."""
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise RewardlabError(f"{run_dir}: not a run folder (no {CONFIG_FILE}); pass a YAML config")
@@ -75,7 +76,9 @@ def run_config_of_folder(run_dir: Path, overrides: list[str]) -> RunConfig:
             "ends); evaluate a checkpoint's run after it finishes, or pass --model"
         )
     saved = load_yaml(path)
-    shared = {k: saved[k] for k in ("seed", "model", "data", "rewards", "rollout", "eval") if k in saved}
+    shared = {k: saved[k] for k in ("seed", "model", "data", "rewards", "rollout", "eval", "agent") if k in saved}
+    if shared.get("agent"):  # an SFT run's noisy demonstrations are not part of playing
+        shared["agent"] = {**shared["agent"], "demo_noise": 0.0}
     data = shared.get("data", {})
     # The run's held-out rows came from its eval file: with a dataset, evaluate on that file as
     # the dataset (a task keeps its eval_path, which prompt_source reads, and its verifier).
