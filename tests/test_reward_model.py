@@ -339,10 +339,34 @@ def test_rm_resume_refuses_changed_settings_and_ensembles(tmp_path: Path) -> Non
         train_reward_model(config)
     with pytest.raises(RewardlabError, match=r"loss\.center_coef \(0\.01 -> 0\.1\)"):
         train_reward_model(rm_config(tmp_path, **{"loss.center_coef": 0.1}), resume=folder)
-    ensemble = rm_config(tmp_path / "e", **{"ensemble.members": 2, "train.epochs": 1, "checkpoint.every": 1})
-    train_reward_model(ensemble)
-    with pytest.raises(RewardlabError, match="ensembles write no checkpoints yet"):
-        train_reward_model(ensemble, resume=tmp_path / "e" / "run")
+    with pytest.raises(RewardlabError, match=r"ensemble\.members \(1 -> 2\)"):
+        train_reward_model(rm_config(tmp_path, **{"ensemble.members": 2}), resume=folder)
+
+
+@pytest.mark.parametrize("mode", ["seeds", "heads"])
+def test_a_crashed_ensemble_run_resumes_exactly(tmp_path: Path, mode: str) -> None:
+    """Two members of 6 steps, trained one after the other, a checkpoint every 4 steps of the
+    run: crash at step 10 (the second member's 4th), resume from step 8 (the second member's
+    2nd, the first member restored from the checkpoint): the metrics, eval.json and every
+    member's final weights equal those of the run never stopped."""
+    from rewardlab.checkpoint import list_checkpoints, read_trainer_state
+    from rewardlab.tracking import read_metrics
+
+    settings = {"ensemble.members": 2, "ensemble.mode": mode, "train.epochs": 1, "checkpoint.every": 4,
+                "eval.every": 3}
+    straight = train_reward_model(rm_config(tmp_path / "a", **settings))
+    interrupted = rm_config(tmp_path / "b", **settings)
+    with pytest.raises(_Crash):
+        train_reward_model(interrupted, on_step=_crash_at(10))
+    folder = tmp_path / "b" / "run"
+    assert [p.name for p in list_checkpoints(folder)] == ["step-000004", "step-000008"]
+    assert read_trainer_state(list_checkpoints(folder)[-1])["extra"] == {"member": 1, "member_steps": [6]}
+    resumed = train_reward_model(interrupted, resume=folder)
+    assert resumed.steps == straight.steps == 12 and resumed.first_eval == {}
+    assert list(read_metrics(folder / "metrics.jsonl")) == list(read_metrics(straight.run_dir / "metrics.jsonl"))
+    assert (folder / "eval.json").read_text() == (straight.run_dir / "eval.json").read_text()
+    a, b = _final_state(straight.run_dir), _final_state(folder)
+    assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_full_disk_at_the_final_save_is_one_message_and_resume_writes_the_model(

@@ -263,10 +263,7 @@ def load_checkpoint(
             f"{folder / WEIGHTS}: weights {unknown[:3]} do not belong to this model; resume with "
             "the same model and LoRA settings as the run that wrote the checkpoint"
         )
-    # weights_only: a checkpoint is data, never code to run.
-    raw = _read_checkpoint_file(folder / TRAINER_STATE, lambda p: torch.load(p, weights_only=True))
-    if not isinstance(raw, dict) or set(raw) != set(TrainerState.__dataclass_fields__):
-        raise RewardlabError(_damaged(folder / TRAINER_STATE, "not a rewardlab trainer state"))
+    raw = read_trainer_state(folder)
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
@@ -275,6 +272,17 @@ def load_checkpoint(
     scheduler.load_state_dict(state.scheduler)
     set_rng_state(state.rng)
     return state
+
+
+def read_trainer_state(folder: Path) -> dict[str, Any]:
+    """The checkpoint's ``trainer.pt`` as a dict (step, optimizer, scheduler, rng, extra), for
+    a caller that must know the step or ``extra`` before restoring; a damaged or foreign file
+    is one message naming it."""
+    # weights_only: a checkpoint is data, never code to run.
+    raw = _read_checkpoint_file(folder / TRAINER_STATE, lambda p: torch.load(p, weights_only=True))
+    if not isinstance(raw, dict) or set(raw) != set(TrainerState.__dataclass_fields__):
+        raise RewardlabError(_damaged(folder / TRAINER_STATE, "not a rewardlab trainer state"))
+    return raw
 
 
 def _read_checkpoint_file(path: Path, read: Any) -> Any:

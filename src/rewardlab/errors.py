@@ -94,11 +94,9 @@ def writing_folder(what: str, folder: Path, then: str) -> Iterator[Path]:
         raise
 
 
-def final_model_hint(run_dir: Path, *, resumable: bool = True) -> str:
+def final_model_hint(run_dir: Path) -> str:
     """What a failed write of a run's ``final/`` leaves, and how to get the model."""
-    if resumable:
-        return f"the run's checkpoints are intact; once there is room, resume with --resume {run_dir} to write it again"
-    return "this run writes no checkpoints (an ensemble), so once there is room, start it again"
+    return f"the run's checkpoints are intact; once there is room, resume with --resume {run_dir} to write it again"
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

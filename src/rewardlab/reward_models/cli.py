@@ -45,7 +45,7 @@ def rm_train(
     ] = None,
     resume: Annotated[
         Path | None,
-        typer.Option(help="Continue the run in this folder from its last checkpoint (single models and GPMs)."),
+        typer.Option(help="Continue the run in this folder from its last checkpoint."),
     ] = None,
 ) -> None:
     """Train a scalar reward model with the Bradley-Terry loss (optional margin, centering),

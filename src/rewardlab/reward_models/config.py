@@ -144,7 +144,7 @@ class RewardModelConfig(Section):
     ensemble: RewardEnsembleConfig = Field(default_factory=RewardEnsembleConfig)
     strength: RewardStrengthConfig = Field(default_factory=RewardStrengthConfig)
     checkpoint: CheckpointConfig = Field(
-        default_factory=CheckpointConfig, description="single models and GPMs; ensembles write none yet"
+        default_factory=CheckpointConfig, description="an ensemble counts the steps of all its members"
     )
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 

@@ -18,6 +18,11 @@ Modes (see :class:`rewardlab.reward_models.config.RewardEnsembleConfig`):
 Every member's head starts from its own random perturbation (``ensemble.head_init_std``) of
 the loaded head (zero for a fresh backbone): with identical starts and a pretrained backbone,
 ``seeds`` members would differ only in their pair order.
+
+Checkpoints (``checkpoint.every`` steps of the run) hold every member's trainable weights
+(whole models, or the heads), the training member's optimizer and schedule, and in ``extra``
+which member was training and how many steps each earlier one took; ``--resume`` restores
+them, skips the members already trained and continues the current one exactly.
 """
 
 from __future__ import annotations
@@ -25,11 +30,21 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from rewardlab.errors import ConfigError, RegistryError, final_model_hint, writing_folder
+from rewardlab.checkpoint import latest_checkpoint, load_checkpoint, read_trainer_state
+from rewardlab.errors import (
+    ConfigError,
+    RegistryError,
+    RewardlabError,
+    final_model_hint,
+    writing_folder,
+)
 from rewardlab.reward_models.config import RewardModelConfig
 from rewardlab.reward_models.data import RewardPair, heldout_reward_pairs, training_pairs
 from rewardlab.reward_models.ensemble import Ensemble, check_aggregation, evaluate_members
@@ -38,20 +53,23 @@ from rewardlab.reward_models.model import RewardModel, load_reward_model
 from rewardlab.reward_models.strength import prepare_strength
 from rewardlab.reward_models.trainer import (
     EVAL_FILE,
+    Checkpoints,
     PairScorer,
     RewardModelResult,
     fit,
+    make_optimization,
     model_scorer,
     open_sinks,
+    start_rm_run,
     steps_per_member,
     write_eval,
 )
 from rewardlab.tracking import close_all, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
+    GracefulStop,
     StepCallback,
     log_metrics,
-    make_run_dir,
     seed_everything,
 )
 
@@ -59,16 +77,18 @@ from rewardlab.trainers.common import (
 def train_ensemble(
     config: RewardModelConfig,
     *,
+    resume: str | Path | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_step: StepCallback | None = None,
 ) -> RewardModelResult:
-    """Train ``ensemble.members`` reward models; ``final/`` is the saved :class:`Ensemble`."""
+    """Train ``ensemble.members`` reward models (or continue the run in ``resume`` from its
+    newest checkpoint); ``final/`` is the saved :class:`Ensemble`."""
     spec = config.ensemble
     try:
         check_aggregation(spec.aggregation, spec.params, "ensemble.aggregation")
     except RegistryError as err:
         raise ConfigError(str(err)) from None
-    run_dir = make_run_dir(config.run_dir, "rm")
+    run_dir = start_rm_run(config, resume, "rm")
     seed_everything(config.seed)
     members = load_members(config)
     ensemble = Ensemble(members, spec.aggregation, spec.params)
@@ -78,7 +98,10 @@ def train_ensemble(
     )
     held = heldout_reward_pairs(config.data, ensemble.tokenizer, config.seed, margin_column)
     data.pairs, strength = prepare_strength(data.pairs, config.strength)
-    sinks = open_sinks(config, run_dir)
+    saved = torch.nn.ModuleList(members)  # a checkpoint holds every member
+    per_member = steps_per_member(len(data.pairs), config)
+    position = resume_position(run_dir) if resume is not None else Position()
+    sinks = open_sinks(config, run_dir, position.step if resume is not None else None)
     result = RewardModelResult(run_dir, skipped_rows=data.skipped, strength=strength)
     budget = config.train.max_seconds / spec.members if config.train.max_seconds else None
 
@@ -91,31 +114,72 @@ def train_ensemble(
         return found
 
     if on_start:
-        on_start(0, spec.members * steps_per_member(len(data.pairs), config))
+        on_start(position.step, spec.members * per_member)
     scorers = head_scorers(members, data.pairs, config) if spec.mode == "heads" else None
+    stop = GracefulStop().start()  # SIGINT / SIGTERM: finish the step, checkpoint, stop
     try:
-        last = evaluate(0)
-        result.first_eval = last.metrics
+        if resume is None:
+            result.first_eval = evaluate(0).metrics
         started = time.perf_counter()
+        done: list[int] = []  # steps each finished member took
         for k, member in enumerate(members):
+            if k < position.member:  # trained before the checkpoint; its weights were restored
+                done.append(position.member_steps[k])
+                continue
             seed = config.seed + k
             pairs = data.pairs if spec.mode == "seeds" else bootstrap(data.pairs, seed)
             trained: torch.nn.Module = member.head if scorers else member
-            result.steps += fit(
-                trained, scorers[k] if scorers else model_scorer(member), pairs, config,
-                seed=seed, sinks=sinks, on_step=on_step, first_step=result.steps,
-                prefix=f"member{k}/", evaluate=_member_eval(member, held, config), max_seconds=budget,
+            optimizer, scheduler = make_optimization(trained, len(pairs), config)
+            start = 0
+            if resume is not None and k == position.member:
+                start = load_checkpoint(position.folder, saved, optimizer, scheduler).step - sum(done)
+            checkpoints = Checkpoints(
+                run_dir, config.checkpoint.every, config.checkpoint.keep, stop, start, saved=saved,
+                first_step=sum(done), total=spec.members * per_member,
+                extra={"member": k, "member_steps": list(done)},
             )
+            done.append(fit(
+                trained, scorers[k] if scorers else model_scorer(member), pairs, config,
+                seed=seed, sinks=sinks, on_step=on_step, first_step=sum(done),
+                prefix=f"member{k}/", evaluate=_member_eval(member, held, config), max_seconds=budget,
+                optimization=(optimizer, scheduler), checkpoints=checkpoints,
+            ))
+        result.steps = sum(done)
         result.seconds = time.perf_counter() - started
         last = evaluate(result.steps)
         result.last_eval = last.metrics
     finally:
+        stop.close()
         close_all(sinks)
-    with writing_folder("the final model", run_dir / FINAL_MODEL, final_model_hint(run_dir, resumable=False)):
+    with writing_folder("the final model", run_dir / FINAL_MODEL, final_model_hint(run_dir)):
         ensemble.save(run_dir / FINAL_MODEL)
     write_eval(run_dir / EVAL_FILE, last, strength)
     write_report(run_dir)
     return result
+
+
+@dataclass
+class Position:
+    """Where a resumed ensemble run continues: the checkpoint, its step, the member that was
+    training and the steps of the members before it."""
+
+    folder: Path | None = None
+    step: int = 0
+    member: int = 0
+    member_steps: list[int] = dc_field(default_factory=list)
+
+
+def resume_position(run_dir: Path) -> Position:
+    """The newest checkpoint's position (read before the models are restored from it)."""
+    folder = latest_checkpoint(run_dir)
+    state = read_trainer_state(folder)
+    extra = state.get("extra", {})
+    if not {"member", "member_steps"} <= set(extra):
+        raise RewardlabError(
+            f"{folder}: not an ensemble checkpoint (no member in its trainer state); resume with the "
+            "run's own settings (ensemble.members as it was)"
+        )
+    return Position(folder, int(state["step"]), int(extra["member"]), [int(n) for n in extra["member_steps"]])
 
 
 def load_members(config: RewardModelConfig) -> list[RewardModel]:

@@ -7,9 +7,9 @@ does not change the gradient. With a ``strength:`` section the training pairs ar
 flipped / smoothed / given adaptive margins by their preference strength
 (:mod:`rewardlab.reward_models.strength`); the counts are logged at step 0 and kept in
 ``eval.json``. Held-out pairs are evaluated before training, every
-``eval.every`` steps and at the end; the model is saved in ``final/``. A single model's run
-writes checkpoints (``checkpoint.every``), stops cleanly on SIGINT / SIGTERM and resumes
-exactly (``rewardlab rm train --resume``); an ensemble's writes none yet.
+``eval.every`` steps and at the end; the model is saved in ``final/``. The run writes
+checkpoints (``checkpoint.every``), stops cleanly on SIGINT / SIGTERM and resumes exactly
+(``rewardlab rm train --resume``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from rewardlab.checkpoint import save_checkpoint
-from rewardlab.errors import RewardlabError, StopRequested, final_model_hint, writing_folder
+from rewardlab.errors import StopRequested, final_model_hint, writing_folder
 from rewardlab.reward_models.config import RewardModelConfig
 from rewardlab.reward_models.data import RewardPair, heldout_reward_pairs, training_pairs
 from rewardlab.reward_models.evaluate import RewardEval, evaluate_pairs
@@ -68,24 +68,27 @@ class RewardModelResult:
 
 @dataclass
 class Checkpoints:
-    """Where :func:`fit` writes checkpoints, how often, and the stop signal it obeys."""
+    """Where :func:`fit` writes checkpoints, how often, and the stop signal it obeys.
+
+    For an ensemble, whose members train one after another, a checkpoint holds every member
+    (``saved``), its step is the run's (``first_step`` + the member's step; due against the
+    run's ``total``), and ``extra`` says which member was training."""
 
     run_dir: Path
     every: int
     keep: int
     stop: GracefulStop
-    start: int = 0  # the step of the checkpoint the run resumed from
+    start: int = 0  # the step, within this fit, of the checkpoint the run resumed from
+    saved: torch.nn.Module | None = None  # what a checkpoint holds (default: what fit trains)
+    first_step: int = 0
+    total: int | None = None  # the run's last step (default: this fit's)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def start_rm_run(config: RewardModelConfig, resume: str | Path | None, kind: str) -> Path:
     """The run folder; on resume, after checking that the settings match the run's own."""
     run_dir = make_run_dir(str(resume) if resume else config.run_dir, kind, resume=resume is not None)
     if resume is not None:
-        if config.ensemble.members > 1:
-            raise RewardlabError(
-                f"--resume {run_dir}: reward-model ensembles write no checkpoints yet, so this run "
-                "cannot be resumed; start it again in a new run_dir"
-            )
         check_resume_settings(
             type(config), config, run_dir, may_change=RESUME_MAY_CHANGE, length_keys=("train.epochs",)
         )
@@ -103,10 +106,10 @@ def train_reward_model(
     from its newest checkpoint); writes ``final/`` (the model), ``metrics.jsonl`` and
     ``eval.json`` (the last evaluation, with its buckets). With ``ensemble.members`` > 1 it
     trains an ensemble instead (:func:`rewardlab.reward_models.ensemble_trainer.train_ensemble`)."""
-    if config.ensemble.members > 1 and resume is None:
+    if config.ensemble.members > 1:
         from rewardlab.reward_models.ensemble_trainer import train_ensemble
 
-        return train_ensemble(config, on_start=on_start, on_step=on_step)
+        return train_ensemble(config, resume=resume, on_start=on_start, on_step=on_step)
     run_dir = start_rm_run(config, resume, "rm")
     seed_everything(config.seed)
     model = load_reward_model(config.model, seed=config.seed)
@@ -252,10 +255,13 @@ def fit(
 def save_if_due(checkpoints: Checkpoints, trained: torch.nn.Module, optimizer: Any, scheduler: Any, step: int, total: int) -> None:
     """A checkpoint every ``checkpoints.every`` steps, after the last, and when a stop was
     asked for; then the stop (``StopRequested``)."""
-    if is_due(step, checkpoints.every, total) or checkpoints.stop.requested:
-        save_checkpoint(checkpoints.run_dir, trained, optimizer, scheduler, step, {}, checkpoints.keep)
+    run_step = checkpoints.first_step + step
+    last = checkpoints.total if checkpoints.total is not None else total
+    if is_due(run_step, checkpoints.every, last) or checkpoints.stop.requested:
+        saved = checkpoints.saved if checkpoints.saved is not None else trained
+        save_checkpoint(checkpoints.run_dir, saved, optimizer, scheduler, run_step, checkpoints.extra, checkpoints.keep)
     if checkpoints.stop.requested:
-        raise StopRequested(checkpoints.run_dir, step)
+        raise StopRequested(checkpoints.run_dir, run_step)
 
 
 def reward_step(model: RewardModel, batch: list[RewardPair], config: RewardModelConfig) -> dict[str, float]:

@@ -24,8 +24,7 @@ from rewardlab.errors import RewardlabError
 
 CONFIG_FILE = "config.yaml"
 FINAL_MODEL = "final"
-# The make_run_dir kinds that --resume continues, and the command that does (a reward-model
-# ensemble's run, kind "rm" too, is refused by that command with its own message).
+# The make_run_dir kinds that --resume continues, and the command that does.
 RESUME_COMMANDS = {
     "train": "rewardlab train",
     "preference": "rewardlab train",
