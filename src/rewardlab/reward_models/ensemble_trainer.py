@@ -60,7 +60,6 @@ from rewardlab.reward_models.trainer import (
     make_optimization,
     model_scorer,
     open_sinks,
-    start_rm_run,
     steps_per_member,
     write_eval,
 )
@@ -71,6 +70,7 @@ from rewardlab.trainers.common import (
     StepCallback,
     log_metrics,
     seed_everything,
+    start_run_dir,
 )
 
 
@@ -88,7 +88,7 @@ def train_ensemble(
         check_aggregation(spec.aggregation, spec.params, "ensemble.aggregation")
     except RegistryError as err:
         raise ConfigError(str(err)) from None
-    run_dir = start_rm_run(config, resume, "rm")
+    run_dir = start_run_dir(config, resume, "rm", "train.epochs")
     seed_everything(config.seed)
     members = load_members(config)
     ensemble = Ensemble(members, spec.aggregation, spec.params)

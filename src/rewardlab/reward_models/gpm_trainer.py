@@ -34,7 +34,6 @@ from rewardlab.reward_models.trainer import (
     Checkpoints,
     open_sinks,
     save_if_due,
-    start_rm_run,
 )
 from rewardlab.tracking import close_all, write_report
 from rewardlab.trainers.common import (
@@ -48,6 +47,7 @@ from rewardlab.trainers.common import (
     out_of_time,
     resume_step,
     seed_everything,
+    start_run_dir,
 )
 
 
@@ -87,7 +87,7 @@ def train_gpm(
     """Train a GPM on ``config``'s pairs (or continue the run in ``resume`` from its newest
     checkpoint); writes ``final/`` (the model), ``metrics.jsonl`` and ``eval.json`` (the last
     evaluation)."""
-    run_dir = start_rm_run(config, resume, "gpm")
+    run_dir = start_run_dir(config, resume, "gpm", "train.epochs")
     seed_everything(config.seed)
     model = load_gpm(config.model, config.gpm, seed=config.seed)
     data = training_pairs(config.data, model.tokenizer, config.seed, config.loss.margin_column, require_margin=False)

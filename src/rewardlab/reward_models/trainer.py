@@ -37,22 +37,19 @@ from rewardlab.trainers.common import (
     FINAL_MODEL,
     GracefulStop,
     StepCallback,
-    check_resume_settings,
     clip_and_step,
     is_due,
     log_metrics,
     make_optimizer,
-    make_run_dir,
     make_scheduler,
     out_of_time,
     resume_step,
     save_run_config,
     seed_everything,
+    start_run_dir,
 )
 
 EVAL_FILE = "eval.json"
-# Keys a resumed reward-model run may change without changing its trajectory.
-RESUME_MAY_CHANGE = ("run_dir", "eval.every", "checkpoint.", "logging.", "train.max_seconds")
 
 
 @dataclass
@@ -85,16 +82,6 @@ class Checkpoints:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def start_rm_run(config: RewardModelConfig, resume: str | Path | None, kind: str) -> Path:
-    """The run folder; on resume, after checking that the settings match the run's own."""
-    run_dir = make_run_dir(str(resume) if resume else config.run_dir, kind, resume=resume is not None)
-    if resume is not None:
-        check_resume_settings(
-            type(config), config, run_dir, may_change=RESUME_MAY_CHANGE, length_keys=("train.epochs",)
-        )
-    return run_dir
-
-
 def train_reward_model(
     config: RewardModelConfig,
     *,
@@ -110,7 +97,7 @@ def train_reward_model(
         from rewardlab.reward_models.ensemble_trainer import train_ensemble
 
         return train_ensemble(config, resume=resume, on_start=on_start, on_step=on_step)
-    run_dir = start_rm_run(config, resume, "rm")
+    run_dir = start_run_dir(config, resume, "rm", "train.epochs")
     seed_everything(config.seed)
     model = load_reward_model(config.model, seed=config.seed)
     margin_column = config.loss.margin_column

@@ -242,13 +242,27 @@ def out_of_time(started: float, limit: float | None) -> bool:
     return limit is not None and time.perf_counter() - started >= limit
 
 
+def start_run_dir(config: Any, resume: str | Path | None, kind: str, length_key: str) -> Path:
+    """The run folder of an SFT, preference or reward-model run (``make_run_dir``); on resume,
+    after checking that the settings match the run's own (``length_key`` may grow with a
+    constant learning rate)."""
+    run_dir = make_run_dir(str(resume) if resume else config.run_dir, kind, resume=resume is not None)
+    if resume is not None:
+        check_resume_settings(type(config), config, run_dir, length_keys=(length_key,))
+    return run_dir
+
+
+# Keys a resumed run may change without changing its trajectory (an RL run adds its own).
+RESUME_MAY_CHANGE = ("run_dir", "eval.every", "checkpoint.", "logging.", "train.max_seconds")
+
+
 def check_resume_settings(
     schema: Any,
     config: Any,
     run_dir: Path,
     *,
-    may_change: tuple[str, ...],
     length_keys: tuple[str, ...],
+    may_change: tuple[str, ...] = RESUME_MAY_CHANGE,
 ) -> None:
     """Refuse to resume with settings that change training (the result would not be the run
     that was interrupted). Keys starting with one of ``may_change`` are free; a longer run

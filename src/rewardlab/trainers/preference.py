@@ -41,17 +41,16 @@ from rewardlab.trainers.common import (
     BadSteps,
     GracefulStop,
     StepCallback,
-    check_resume_settings,
     clip_and_step,
     is_due,
     log_metrics,
     make_optimizer,
-    make_run_dir,
     make_scheduler,
     out_of_time,
     resume_step,
     save_run_config,
     seed_everything,
+    start_run_dir,
 )
 from rewardlab.trainers.evaluate import evaluate, write_samples
 from rewardlab.trainers.learner import make_reference, reference_mode
@@ -86,18 +85,6 @@ class PreferenceResult:
 # --------------------------------------------------------------------------- the loop
 
 
-# Keys a resumed preference run may change without changing its trajectory.
-RESUME_MAY_CHANGE = ("run_dir", "eval.every", "checkpoint.", "logging.", "train.max_seconds")
-
-
-def start_run(config: PreferenceConfig, resume: str | Path | None, length_key: str) -> Path:
-    """The run folder; on resume, after checking that the settings match the run's own."""
-    run_dir = make_run_dir(str(resume) if resume else config.run_dir, "preference", resume=resume is not None)
-    if resume is not None:
-        check_resume_settings(
-            PreferenceConfig, config, run_dir, may_change=RESUME_MAY_CHANGE, length_keys=(length_key,)
-        )
-    return run_dir
 
 
 def train_preference(
@@ -109,7 +96,7 @@ def train_preference(
 ) -> PreferenceResult:
     """Optimize ``config.model`` on the preference data (or continue the run in ``resume``
     from its newest checkpoint); the model is saved in ``final/``."""
-    run_dir = start_run(config, resume, "train.epochs")
+    run_dir = start_run_dir(config, resume, "preference", "train.epochs")
     seed_everything(config.seed)
     policy, tokenizer = load_policy(config.model, seed=config.seed)
     data = load_preference_data(config.data, tokenizer, config.seed)

@@ -76,6 +76,7 @@ from rewardlab.trainers.common import (
     resume_step,
     save_run_config,
     seed_everything,
+    start_run_dir,
     step_seed,
 )
 from rewardlab.trainers.learner import make_reference, reference_mode
@@ -83,7 +84,6 @@ from rewardlab.trainers.preference import (
     PreferenceResult,
     _evaluator,
     preference_step,
-    start_run,
 )
 from rewardlab.trainers.preference_views import (
     Cache,
@@ -147,7 +147,7 @@ def train_online_preference(
     check_losses_fit(
         config.preference.losses, method_view(online.method), METHOD_FIELDS.get(online.method, ()), offline=False
     )
-    run_dir = start_run(config, resume, "preference.online.steps")
+    run_dir = start_run_dir(config, resume, "preference", "preference.online.steps")
     seed_everything(config.seed)
     policy, tokenizer = load_policy(config.model, seed=config.seed)
     prompts = prompt_source(config.data, tokenizer, config.seed)

@@ -26,23 +26,20 @@ from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
     GracefulStop,
-    check_resume_settings,
     clip_and_step,
     is_due,
     log_metrics,
     make_optimizer,
-    make_run_dir,
     make_scheduler,
     out_of_time,
     resume_step,
     save_run_config,
     seed_everything,
+    start_run_dir,
 )
 from rewardlab.trainers.evaluate import evaluate, write_samples
 
 IGNORE = -100
-# Keys a resumed SFT run may change without changing its trajectory.
-RESUME_MAY_CHANGE = ("run_dir", "eval.every", "checkpoint.", "logging.", "train.max_seconds")
 
 
 @dataclass
@@ -99,11 +96,7 @@ def train_sft(
 ) -> SFTResult:
     """Fine-tune ``config.model`` on the demonstrations (or continue the run in ``resume``
     from its newest checkpoint); the model is saved in ``final/``."""
-    run_dir = make_run_dir(str(resume) if resume else config.run_dir, "sft", resume=resume is not None)
-    if resume is not None:
-        check_resume_settings(
-            SFTConfig, config, run_dir, may_change=RESUME_MAY_CHANGE, length_keys=("train.epochs",)
-        )
+    run_dir = start_run_dir(config, resume, "sft", "train.epochs")
     seed_everything(config.seed)
     model, tokenizer = load_policy(config.model, seed=config.seed)
     examples, skipped = sft_examples(config, tokenizer)
