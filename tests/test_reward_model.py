@@ -393,3 +393,25 @@ def test_a_full_disk_at_the_final_save_is_one_message_and_resume_writes_the_mode
     monkeypatch.undo()
     resumed = train_reward_model(config, resume=folder)  # the last step's checkpoint: no step left
     assert resumed.steps == 6 and (folder / "final" / "reward_model.json").is_file()
+
+
+def test_nan_steps_are_skipped_then_a_reward_model_run_stops_naming_the_causes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rewardlab.reward_models import trainer
+
+    calls: list[int] = []
+
+    def poisoned(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(1)
+        loss = bradley_terry(*args, **kwargs)
+        return loss * float("nan") if len(calls) >= 3 else loss  # steps 1-2 good, then NaN
+
+    monkeypatch.setattr(trainer, "bradley_terry", poisoned)
+    config = rm_config(tmp_path, **{"train.optim.max_bad_steps": 2, "checkpoint.every": 2})
+    with pytest.raises(RewardlabError, match=r"2 steps in a row \(the last: step 4\) had a NaN .*\(train\.optim\.lr\)"):
+        train_reward_model(config)
+    from rewardlab.tracking import read_metrics
+
+    lines = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert [r.get("skipped_nonfinite", 0.0) for r in lines] == [0.0, 0.0, 1.0]

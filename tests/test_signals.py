@@ -160,6 +160,36 @@ def _poisoned_after(step_from: int, monkeypatch: pytest.MonkeyPatch) -> list[int
     return calls
 
 
+def test_sft_skips_nan_steps_then_stops_naming_the_causes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from rewardlab.errors import RewardlabError
+    from rewardlab.trainers import sft
+
+    calls: list[int] = []
+    original = sft.sft_loss
+
+    def poisoned(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        loss = original(*args, **kwargs)
+        return loss * float("nan") if len(calls) >= 3 else loss  # steps 1-2 good, then NaN
+
+    monkeypatch.setattr(sft, "sft_loss", poisoned)
+    from test_trainers import _sft_config
+
+    config = _sft_config(tmp_path / "run", **{"checkpoint.every": 2, "eval.every": 0, "train.optim.max_bad_steps": 3})
+    with pytest.raises(RewardlabError, match=r"3 steps in a row \(the last: step 5\) had a NaN .*\(train\.optim\.lr\)"):
+        sft.train_sft(config)
+    lines = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert [r.get("skipped_nonfinite", 0.0) for r in lines] == [0.0, 0.0, 1.0, 1.0]
+    # the NaN steps changed no weight: the checkpoint of step 4 holds step 2's
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "run" / "checkpoints"
+    two, four = (load_file(str(folder / f"step-00000{n}" / "weights.safetensors")) for n in (2, 4))
+    assert all(torch.equal(two[k], four[k]) for k in two)
+
+
 def test_nan_steps_are_skipped_then_the_run_stops_naming_the_causes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -38,6 +38,7 @@ from rewardlab.reward_models.trainer import (
 from rewardlab.tracking import close_all, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
+    BadSteps,
     GracefulStop,
     StepCallback,
     clip_and_step,
@@ -107,6 +108,7 @@ def train_gpm(
     order_rng = random.Random(config.seed)
     step = 0
     stop = GracefulStop().start()  # SIGINT / SIGTERM: finish the step, checkpoint, stop
+    bad_steps = BadSteps(config.train.optim.max_bad_steps)
     checkpoints = Checkpoints(run_dir, config.checkpoint.every, config.checkpoint.keep, stop, start)
     try:
         if start == 0:
@@ -128,6 +130,7 @@ def train_gpm(
                     "lr": scheduler.get_last_lr()[0],
                 }
                 step += 1
+                metrics |= bad_steps.observe(metrics["grad_norm"], step)
                 if config.eval.every and step % config.eval.every == 0:
                     metrics |= evaluate_gpm(model, held, batch_size=config.eval.batch_size)
                 log_metrics(sinks, step, metrics, on_step)

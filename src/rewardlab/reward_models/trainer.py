@@ -35,6 +35,7 @@ from rewardlab.reward_models.strength import prepare_strength
 from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
+    BadSteps,
     GracefulStop,
     StepCallback,
     clip_and_step,
@@ -211,6 +212,7 @@ def fit(
     total = steps_per_member(len(pairs), config)
     start = checkpoints.start if checkpoints else 0
     order_rng = random.Random(seed)
+    bad_steps = BadSteps(config.train.optim.max_bad_steps)
     limit = config.train.max_seconds if max_seconds is None else max_seconds
     started = time.perf_counter()
     step = 0
@@ -229,6 +231,7 @@ def fit(
                 "lr": scheduler.get_last_lr()[0],
             }
             step += 1
+            metrics |= bad_steps.observe(metrics["grad_norm"], first_step + step)
             if evaluate is not None and config.eval.every and step % config.eval.every == 0:
                 metrics |= evaluate()
             log_metrics(sinks, first_step + step, {prefix + k: v for k, v in metrics.items()}, on_step)

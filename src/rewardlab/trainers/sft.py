@@ -25,6 +25,7 @@ from rewardlab.rewards import build_reward_sources
 from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
+    BadSteps,
     GracefulStop,
     clip_and_step,
     is_due,
@@ -120,6 +121,7 @@ def train_sft(
     order_rng = random.Random(config.seed)
     step = 0
     stop = GracefulStop().start()  # SIGINT / SIGTERM: finish the step, checkpoint, stop
+    bad_steps = BadSteps(config.train.optim.max_bad_steps)
     try:
         if evaluator and start == 0:
             result.first_eval = evaluator(model, 0)
@@ -139,6 +141,7 @@ def train_sft(
                 grad_norm = clip_and_step(model, optimizer, scheduler, config.train.optim.max_grad_norm)
                 step += 1
                 metrics = {"loss": float(loss.detach()), "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0]}
+                metrics |= bad_steps.observe(grad_norm, step)
                 if evaluator and config.eval.every and step % config.eval.every == 0:
                     metrics |= evaluator(model, step)
                 log_metrics(sinks, step, metrics, on_step)
