@@ -53,7 +53,6 @@ from rewardlab.reward_models.model import RewardModel, load_reward_model
 from rewardlab.reward_models.strength import prepare_strength
 from rewardlab.reward_models.trainer import (
     EVAL_FILE,
-    Checkpoints,
     PairScorer,
     RewardModelResult,
     fit,
@@ -66,6 +65,7 @@ from rewardlab.reward_models.trainer import (
 from rewardlab.tracking import close_all, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
+    Checkpoints,
     GracefulStop,
     StepCallback,
     log_metrics,

@@ -29,16 +29,12 @@ from rewardlab.reward_models.config import RewardModelConfig
 from rewardlab.reward_models.data import RewardPair, heldout_reward_pairs, training_pairs
 from rewardlab.reward_models.evaluate import correct
 from rewardlab.reward_models.gpm import GeneralPreferenceModel, GPMHeadConfig, gpm_loss, load_gpm
-from rewardlab.reward_models.trainer import (
-    EVAL_FILE,
-    Checkpoints,
-    open_sinks,
-    save_if_due,
-)
+from rewardlab.reward_models.trainer import EVAL_FILE, open_sinks
 from rewardlab.tracking import close_all, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
     BadSteps,
+    Checkpoints,
     GracefulStop,
     StepCallback,
     clip_and_step,
@@ -47,6 +43,7 @@ from rewardlab.trainers.common import (
     make_scheduler,
     out_of_time,
     resume_step,
+    save_if_due,
     seed_everything,
     start_run_dir,
 )

@@ -24,8 +24,7 @@ from typing import Any
 
 import torch
 
-from rewardlab.checkpoint import save_checkpoint
-from rewardlab.errors import StopRequested, final_model_hint, writing_folder
+from rewardlab.errors import final_model_hint, writing_folder
 from rewardlab.reward_models.config import RewardModelConfig
 from rewardlab.reward_models.data import RewardPair, heldout_reward_pairs, training_pairs
 from rewardlab.reward_models.evaluate import RewardEval, evaluate_pairs
@@ -36,15 +35,16 @@ from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
     BadSteps,
+    Checkpoints,
     GracefulStop,
     StepCallback,
     clip_and_step,
-    is_due,
     log_metrics,
     make_optimizer,
     make_scheduler,
     out_of_time,
     resume_step,
+    save_if_due,
     save_run_config,
     seed_everything,
     start_run_dir,
@@ -62,25 +62,6 @@ class RewardModelResult:
     last_eval: dict[str, float] = field(default_factory=dict)
     skipped_rows: int = 0
     strength: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class Checkpoints:
-    """Where :func:`fit` writes checkpoints, how often, and the stop signal it obeys.
-
-    For an ensemble, whose members train one after another, a checkpoint holds every member
-    (``saved``), its step is the run's (``first_step`` + the member's step; due against the
-    run's ``total``), and ``extra`` says which member was training."""
-
-    run_dir: Path
-    every: int
-    keep: int
-    stop: GracefulStop
-    start: int = 0  # the step, within this fit, of the checkpoint the run resumed from
-    saved: torch.nn.Module | None = None  # what a checkpoint holds (default: what fit trains)
-    first_step: int = 0
-    total: int | None = None  # the run's last step (default: this fit's)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def train_reward_model(
@@ -240,18 +221,6 @@ def fit(
             if out_of_time(started, limit):
                 return step
     return step
-
-
-def save_if_due(checkpoints: Checkpoints, trained: torch.nn.Module, optimizer: Any, scheduler: Any, step: int, total: int) -> None:
-    """A checkpoint every ``checkpoints.every`` steps, after the last, and when a stop was
-    asked for; then the stop (``StopRequested``)."""
-    run_step = checkpoints.first_step + step
-    last = checkpoints.total if checkpoints.total is not None else total
-    if is_due(run_step, checkpoints.every, last) or checkpoints.stop.requested:
-        saved = checkpoints.saved if checkpoints.saved is not None else trained
-        save_checkpoint(checkpoints.run_dir, saved, optimizer, scheduler, run_step, checkpoints.extra, checkpoints.keep)
-    if checkpoints.stop.requested:
-        raise StopRequested(checkpoints.run_dir, run_step)
 
 
 def reward_step(model: RewardModel, batch: list[RewardPair], config: RewardModelConfig) -> dict[str, float]:

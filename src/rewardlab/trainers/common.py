@@ -6,6 +6,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from rewardlab.config import (
     load_yaml,
     parse_config,
 )
-from rewardlab.errors import RewardlabError
+from rewardlab.errors import RewardlabError, StopRequested
 
 CONFIG_FILE = "config.yaml"
 FINAL_MODEL = "final"
@@ -310,6 +311,40 @@ def is_due(step: int, every: int, last: int) -> bool:
     """Whether a periodic action (an evaluation, a checkpoint) is due after ``step``: every
     ``every`` steps (0: never) and always after the ``last``."""
     return step == last or (every > 0 and step % every == 0)
+
+
+@dataclass
+class Checkpoints:
+    """Where a training loop writes checkpoints, how often, and the stop signal it obeys
+    (:func:`save_if_due`).
+
+    For an ensemble, whose members train one after another, a checkpoint holds every member
+    (``saved``), its step is the run's (``first_step`` + the member's step; due against the
+    run's ``total``), and ``extra`` says which member was training."""
+
+    run_dir: Path
+    every: int
+    keep: int
+    stop: GracefulStop
+    start: int = 0  # the step, within this loop, of the checkpoint the run resumed from
+    saved: torch.nn.Module | None = None  # what a checkpoint holds (default: the trained model)
+    first_step: int = 0
+    total: int | None = None  # the run's last step (default: this loop's)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def save_if_due(checkpoints: Checkpoints, trained: torch.nn.Module, optimizer: Any, scheduler: Any, step: int, total: int) -> None:
+    """A checkpoint every ``checkpoints.every`` steps, after the last, and when a stop was
+    asked for; then the stop (``StopRequested``)."""
+    from rewardlab.checkpoint import save_checkpoint
+
+    run_step = checkpoints.first_step + step
+    last = checkpoints.total if checkpoints.total is not None else total
+    if is_due(run_step, checkpoints.every, last) or checkpoints.stop.requested:
+        saved = checkpoints.saved if checkpoints.saved is not None else trained
+        save_checkpoint(checkpoints.run_dir, saved, optimizer, scheduler, run_step, checkpoints.extra, checkpoints.keep)
+    if checkpoints.stop.requested:
+        raise StopRequested(checkpoints.run_dir, run_step)
 
 
 class GracefulStop:

@@ -26,11 +26,9 @@ import torch
 
 from rewardlab.algorithms.preference_losses import PREFERENCE_LOSSES
 from rewardlab.batch import RolloutBatch
-from rewardlab.checkpoint import save_checkpoint
 from rewardlab.config import PreferenceConfig
 from rewardlab.data.preferences import Pair, heldout_examples, load_preference_data
 from rewardlab.data.prompts import prompt_source
-from rewardlab.errors import StopRequested
 from rewardlab.models.loading import export_model, load_policy
 from rewardlab.models.logprobs import batch_logprobs, forward_completion_logits, token_logprobs
 from rewardlab.rewards import build_reward_sources
@@ -39,15 +37,16 @@ from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
     BadSteps,
+    Checkpoints,
     GracefulStop,
     StepCallback,
     clip_and_step,
-    is_due,
     log_metrics,
     make_optimizer,
     make_scheduler,
     out_of_time,
     resume_step,
+    save_if_due,
     save_run_config,
     seed_everything,
     start_run_dir,
@@ -132,6 +131,7 @@ def train_preference(
     order_rng = random.Random(config.seed)
     step = 0
     stop = GracefulStop().start()  # SIGINT / SIGTERM: finish the step, checkpoint, stop
+    checkpoints = Checkpoints(run_dir, config.checkpoint.every, config.checkpoint.keep, stop)
     bad_steps = BadSteps(config.train.optim.max_bad_steps)
     try:
         if start == 0:
@@ -157,10 +157,7 @@ def train_preference(
                 if config.eval.every and step % config.eval.every == 0:
                     metrics |= evaluator(policy, step)
                 log_metrics(sinks, step, metrics, on_step)
-                if is_due(step, config.checkpoint.every, total) or stop.requested:
-                    save_checkpoint(run_dir, policy, optimizer, scheduler, step, {}, config.checkpoint.keep)
-                if stop.requested:
-                    raise StopRequested(run_dir, step)
+                save_if_due(checkpoints, policy, optimizer, scheduler, step, total)
                 if out_of_time(started, config.train.max_seconds):
                     break
             if out_of_time(started, config.train.max_seconds):

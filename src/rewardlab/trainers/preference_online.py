@@ -40,11 +40,9 @@ from typing import Any
 
 import torch
 
-from rewardlab.checkpoint import save_checkpoint
 from rewardlab.config import PER_COMPLETION_METHODS, PreferenceConfig
 from rewardlab.data.preferences import Pair, Unpaired, heldout_examples
 from rewardlab.data.prompts import Row, prompt_source
-from rewardlab.errors import StopRequested
 from rewardlab.models.loading import export_model, load_policy
 from rewardlab.rewards import (
     build_reward_sources,
@@ -65,15 +63,16 @@ from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
     BadSteps,
+    Checkpoints,
     GracefulStop,
     StepCallback,
     clip_and_step,
-    is_due,
     log_metrics,
     make_optimizer,
     make_scheduler,
     out_of_time,
     resume_step,
+    save_if_due,
     save_run_config,
     seed_everything,
     start_run_dir,
@@ -170,6 +169,7 @@ def train_online_preference(
     if on_start:
         on_start(start, online.steps)
     stop = GracefulStop().start()  # SIGINT / SIGTERM: finish the iteration, checkpoint, stop
+    checkpoints = Checkpoints(run_dir, config.checkpoint.every, config.checkpoint.keep, stop)
     bad_steps = BadSteps(config.train.optim.max_bad_steps)
     try:
         if start == 0:
@@ -187,10 +187,7 @@ def train_online_preference(
                 metrics |= evaluator(policy, step)
             log_metrics(sinks, step, metrics, on_step)
             result.steps = step
-            if is_due(step, config.checkpoint.every, online.steps) or stop.requested:
-                save_checkpoint(run_dir, policy, optimizer, scheduler, step, {}, config.checkpoint.keep)
-            if stop.requested:
-                raise StopRequested(run_dir, step)
+            save_if_due(checkpoints, policy, optimizer, scheduler, step, online.steps)
             if out_of_time(started, config.train.max_seconds):
                 break
         result.seconds = time.perf_counter() - started

@@ -15,25 +15,25 @@ from typing import Any
 
 import torch
 
-from rewardlab.checkpoint import save_checkpoint
 from rewardlab.config import SFTConfig
 from rewardlab.data.prompts import Row, demonstrations, prompt_source
 from rewardlab.data.tasks import make_task
-from rewardlab.errors import ConfigError, StopRequested
+from rewardlab.errors import ConfigError
 from rewardlab.models.loading import export_model, load_policy
 from rewardlab.rewards import build_reward_sources
 from rewardlab.tracking import check_sinks, close_all, make_sinks, write_report
 from rewardlab.trainers.common import (
     FINAL_MODEL,
     BadSteps,
+    Checkpoints,
     GracefulStop,
     clip_and_step,
-    is_due,
     log_metrics,
     make_optimizer,
     make_scheduler,
     out_of_time,
     resume_step,
+    save_if_due,
     save_run_config,
     seed_everything,
     start_run_dir,
@@ -121,6 +121,7 @@ def train_sft(
     order_rng = random.Random(config.seed)
     step = 0
     stop = GracefulStop().start()  # SIGINT / SIGTERM: finish the step, checkpoint, stop
+    checkpoints = Checkpoints(run_dir, config.checkpoint.every, config.checkpoint.keep, stop)
     bad_steps = BadSteps(config.train.optim.max_bad_steps)
     try:
         if evaluator and start == 0:
@@ -145,10 +146,7 @@ def train_sft(
                 if evaluator and config.eval.every and step % config.eval.every == 0:
                     metrics |= evaluator(model, step)
                 log_metrics(sinks, step, metrics, on_step)
-                if is_due(step, config.checkpoint.every, total) or stop.requested:
-                    save_checkpoint(run_dir, model, optimizer, scheduler, step, {}, config.checkpoint.keep)
-                if stop.requested:
-                    raise StopRequested(run_dir, step)
+                save_if_due(checkpoints, model, optimizer, scheduler, step, total)
                 if out_of_time(started, config.train.max_seconds):
                     break
             if out_of_time(started, config.train.max_seconds):
